@@ -1,0 +1,271 @@
+"""The public Python API: open a ledger, append, read, checkpoint, verify.
+
+    with Ledger.open("audit.db") as led:
+        entry = led.append("session-1", OperatorNote(text="looked fine", by="ops"))
+        assert led.verify().ok
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ledger import sqlite_store as store
+from ledger.canonical import canonical_bytes
+from ledger.chain import MAX_STREAM_BYTES, MAX_TYPE_BYTES
+from ledger.checkpoint import Checkpoint, Signer, Verifier, load_signer, load_verifier, write_key_pair
+from ledger.entry import Entry, Head
+from ledger.errors import LedgerError, PayloadError, SigningKeyError, StorageError
+from ledger.merkle import CompactRange
+from ledger.paths import key_path_for
+from ledger.verify import StoredCheckpoint, VerifyReport, verify_entries
+from ledger.writer import Pending, Writer
+from schemas.events import CheckpointSigned, parse_event_payload
+from schemas.state import SessionState
+
+LEDGER_STREAM = "ledger"
+
+
+def _describe_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(x) for x in err["loc"]) or "(payload)"
+        parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r:.80})")
+    return "; ".join(parts)
+
+
+def encode_event(event: BaseModel | Mapping[str, Any]) -> tuple[str, bytes, dict[str, Any]]:
+    """(type, canonical bytes, JSON data) of an event model or a payload dict with a `type`."""
+    if isinstance(event, BaseModel):
+        data = event.model_dump(mode="json")
+    else:
+        try:
+            data = parse_event_payload(dict(event)).model_dump(mode="json")
+        except ValidationError as exc:
+            raise PayloadError(f"invalid {event.get('type', 'event')!r} payload: {_describe_validation(exc)}") from exc
+    type_ = data.get("type")
+    if not isinstance(type_, str) or not type_:
+        raise PayloadError(f"payload has no 'type' (expected one of the event types, got {type_!r})")
+    return type_, canonical_bytes(data), data
+
+
+class Ledger:
+    """One ledger file: a single writer thread, thread-local readers, an optional signing key."""
+
+    def __init__(self, path: Path, *, durable: bool = True, key_path: Path | None = None,
+                 checkpoint_every: int = 10_000, checkpoint_interval_s: float = 300.0) -> None:
+        self.path = Path(path)
+        self.durable = durable
+        self._local = threading.local()
+        meta = store.read_meta(self._reader())
+        if not meta:
+            raise StorageError(f"{self.path} is not an initialised ledger (no meta rows)")
+        self.ledger_id = meta["ledger_id"]
+        self.origin = meta["origin"]
+        self.key_path = Path(key_path) if key_path else key_path_for(self.ledger_id)
+        self._signer: Signer | None = None
+        if self.key_path.exists():
+            self._signer = load_signer(self.key_path)
+        self._checkpoint_every = checkpoint_every
+        self._checkpoint_interval_s = checkpoint_interval_s
+        last = store.read_checkpoints(self._reader())
+        self._last_cp_size = last[-1][0] if last else 0
+        self._last_cp_time = time.monotonic()
+        self._writer = Writer(lambda: store.connect(self.path, durable=durable), self._maybe_checkpoint)
+
+    # -- opening -----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path, *, create: bool = True, **kwargs: Any) -> Ledger:
+        """Open the ledger at `path`, creating the file and schema when `create` and it is absent."""
+        path = Path(path).expanduser()
+        if not path.exists():
+            if not create:
+                raise StorageError(f"no ledger at {path} (run `ledger init` first, or pass --db)")
+            path.parent.mkdir(parents=True, exist_ok=True)
+        conn = store.connect(path)
+        try:
+            if not store.read_meta_safe(conn):
+                ledger_id = uuid.uuid4().hex[:16]
+                store.init_schema(conn, ledger_id, f"delegation-ledger/{ledger_id}",
+                                  datetime.now(UTC).isoformat().replace("+00:00", "Z"))
+        finally:
+            conn.close()
+        return cls(path, **kwargs)
+
+    @classmethod
+    def init(cls, path: str | Path, *, key_path: Path | None = None, **kwargs: Any) -> Ledger:
+        """Create the ledger (if absent) and its Ed25519 signing key (mode 0600, outside the database)."""
+        led = cls.open(path, key_path=key_path, **kwargs)
+        if led._signer is None:
+            signer = Signer.generate(led.origin)
+            write_key_pair(signer, led.key_path)
+            led._signer = signer
+        return led
+
+    def _reader(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = store.connect(self.path, durable=self.durable)
+            self._local.conn = conn
+        return conn
+
+    # -- appending ---------------------------------------------------------------------------
+    def _pending(self, stream: str, event: BaseModel | Mapping[str, Any]) -> Pending:
+        if not isinstance(stream, str) or not stream or len(stream.encode()) > MAX_STREAM_BYTES:
+            raise PayloadError(f"stream must be a non-empty string of at most {MAX_STREAM_BYTES} bytes (got {stream!r:.80})")
+        type_, payload, data = encode_event(event)
+        if len(type_.encode()) > MAX_TYPE_BYTES:
+            raise PayloadError(f"event type longer than {MAX_TYPE_BYTES} bytes")
+        return Pending(stream, type_, payload, data)
+
+    def append(self, stream: str, event: BaseModel | Mapping[str, Any]) -> Entry:
+        """Append one event and return its entry once it is durably committed."""
+        p = self._pending(stream, event)
+        p.lock = threading.Lock()
+        p.lock.acquire()
+        self._writer.submit(p)
+        p.lock.acquire()
+        if p.error is not None:
+            raise p.error
+        assert p.entry is not None
+        return p.entry
+
+    async def append_async(self, stream: str, event: BaseModel | Mapping[str, Any]) -> Entry:
+        """Append from a coroutine; concurrent callers share commits (group commit)."""
+        p = self._pending(stream, event)
+        loop = asyncio.get_running_loop()
+        p.loop = loop
+        p.future = loop.create_future()
+        self._writer.submit(p)
+        return await p.future
+
+    def append_many(self, items: Sequence[tuple[str, BaseModel | Mapping[str, Any]]]) -> list[Entry]:
+        """Append several events; they commit together when the writer is free."""
+        pendings = [self._pending(s, e) for s, e in items]
+        for p in pendings:
+            p.lock = threading.Lock()
+            p.lock.acquire()
+            self._writer.submit(p)
+        out = []
+        for p in pendings:
+            assert p.lock is not None
+            p.lock.acquire()
+            if p.error is not None:
+                raise p.error
+            assert p.entry is not None
+            out.append(p.entry)
+        return out
+
+    # -- reading -----------------------------------------------------------------------------
+    def head(self) -> Head:
+        return store.read_head(self._reader())
+
+    def entries(self, **filters: Any) -> Iterator[Entry]:
+        """Entries in seq order; filters: start, stop, stream, streams, types, since_us, until_us, limit."""
+        return store.iter_entries(self._reader(), **filters)
+
+    def session(self, session_id: str) -> SessionState | None:
+        state = store.read_session(self._reader(), session_id)
+        return None if state is None else SessionState.model_validate(state)
+
+    def sessions(self, *, statuses: Sequence[str] | None = None, task_id: str | None = None,
+                 root_session_id: str | None = None) -> list[SessionState]:
+        rows = store.read_sessions(self._reader(), statuses=statuses, task_id=task_id,
+                                   root_session_id=root_session_id)
+        return [SessionState.model_validate(r) for r in rows]
+
+    def meta(self) -> dict[str, str]:
+        return store.read_meta(self._reader())
+
+    # -- checkpoints -------------------------------------------------------------------------
+    @property
+    def signer(self) -> Signer | None:
+        return self._signer
+
+    def verifier(self) -> Verifier | None:
+        pub = self.key_path.with_suffix(".pub")
+        return load_verifier(pub) if pub.exists() else None
+
+    def _sign_current(self, conn: Any, head: Head, trigger: str) -> Checkpoint:
+        if self._signer is None:
+            raise SigningKeyError(f"no signing key at {self.key_path} (run `ledger init`)")
+        peaks = dict(conn.execute("SELECT level, hash FROM merkle_edge").fetchall())
+        root = CompactRange(head.size, peaks).root()
+        cp = self._signer.sign(self.origin, head.size, root, head.hash)
+        store.store_checkpoint(conn, head.size, root, head.hash, cp.note, trigger, time.time_ns() // 1000)
+        return cp
+
+    def _maybe_checkpoint(self, conn: Any, head: Head) -> None:
+        if self._signer is None or head.size <= self._last_cp_size:
+            return
+        due = head.size - self._last_cp_size >= self._checkpoint_every or (
+            time.monotonic() - self._last_cp_time >= self._checkpoint_interval_s)
+        if due:
+            self._sign_at_head(conn, "periodic")
+
+    def _sign_at_head(self, conn: Any, trigger: str) -> Checkpoint:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cp = self._sign_current(conn, store.read_head(conn), trigger)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._last_cp_size = cp.size
+        self._last_cp_time = time.monotonic()
+        return cp
+
+    def checkpoint(self, trigger: str = "manual", audit_report_sha256: str | None = None) -> Checkpoint:
+        """Sign the current head, store the checkpoint and record it as an event."""
+        conn = store.connect(self.path, durable=self.durable)
+        try:
+            cp = self._sign_at_head(conn, trigger)
+        finally:
+            conn.close()
+        self.append(LEDGER_STREAM, CheckpointSigned(size=cp.size, root_hash=cp.root.hex(), head_hash=cp.head.hex(),
+                                                     note=cp.note, trigger=trigger,  # type: ignore[arg-type]
+                                                     audit_report_sha256=audit_report_sha256))
+        return cp
+
+    def checkpoints(self) -> list[StoredCheckpoint]:
+        return [StoredCheckpoint(size, note) for size, note, _t, _c in store.read_checkpoints(self._reader())]
+
+    # -- verifying ---------------------------------------------------------------------------
+    def verify(self, *, verifier: Verifier | None = None, progress: Callable[[int], None] | None = None) -> VerifyReport:
+        """Stream the whole chain and check every link, payload and checkpoint."""
+        conn = store.connect(self.path, durable=self.durable, readonly=True)
+        try:
+            return verify_entries(
+                store.iter_entries(conn),
+                checkpoints=self.checkpoints(),
+                verifier=verifier if verifier is not None else self.verifier(),
+                origin=self.origin,
+                progress=progress,
+            )
+        finally:
+            conn.close()
+
+    # -- closing -----------------------------------------------------------------------------
+    def close(self) -> None:
+        self._writer.close()
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ = ["LEDGER_STREAM", "Ledger", "LedgerError", "encode_event"]

@@ -1,0 +1,164 @@
+"""The pure fold from events to projections: sessions, the delegation tree, budgets, revocations.
+
+The same `Projector.apply` runs on the live append path (inside the append transaction) and in
+replay, so a rebuild can be compared with the stored projections. States are plain dicts shaped
+like `schemas.state.SessionState`; `SessionStore` is whatever holds them (a dict in replay, a
+cache over the `sessions` table when appending).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from ledger.entry import us_to_datetime
+from schemas.events import TERMINAL_STATUSES
+from schemas.state import SessionState
+
+#: Event types that change a projection. Others are recorded but not folded.
+PROJECTED_TYPES: frozenset[str] = frozenset(
+    {
+        "agent.spawned",
+        "message.sent",
+        "tool.called",
+        "permission.decided",
+        "output.received",
+        "agent.completed",
+        "agent.stopped",
+        "agent.failed",
+        "session.interrupted",
+        "delegation.revoked",
+        "budget.exceeded",
+        "ledger.pruned",
+    }
+)
+
+_TERMINAL_BY_TYPE = {
+    "agent.completed": "completed",
+    "agent.stopped": "stopped",
+    "agent.failed": "failed",
+    "session.interrupted": "interrupted",
+}
+_DEFAULTS = SessionState(session_id="", task_id="", role="", root_session_id="").model_dump()
+
+
+class SessionStore(Protocol):
+    def get(self, session_id: str) -> dict[str, Any] | None: ...
+    def put(self, state: dict[str, Any]) -> None: ...
+
+
+class DictSessions(dict[str, dict[str, Any]]):
+    """A SessionStore over a plain dict (replay, tests)."""
+
+    def put(self, state: dict[str, Any]) -> None:
+        self[state["session_id"]] = state
+
+
+def _iso(us: int) -> str:
+    return us_to_datetime(us).isoformat().replace("+00:00", "Z")
+
+
+class Projector:
+    """Folds one event at a time into a SessionStore."""
+
+    def apply(self, store: SessionStore, type_: str, data: dict[str, Any] | None, recorded_at_us: int) -> None:
+        if data is None or type_ not in PROJECTED_TYPES:
+            return  # pruned payloads are restored by the ledger.pruned snapshot that follows them
+        if type_ == "ledger.pruned":
+            for snap in data["sessions"]:
+                store.put(dict(snap["state"]))
+            return
+        when = _iso(recorded_at_us)
+        if type_ == "agent.spawned":
+            self._spawned(store, data, when)
+            return
+        state = store.get(data["session_id"])
+        if state is None:
+            return  # an event for a session whose spawn was pruned and not yet restored
+        state = dict(state)
+        state["updated_at"] = when
+        if type_ == "output.received":
+            tokens = data.get("tokens") or {}
+            used = int(tokens.get("input", 0)) + int(tokens.get("output", 0)) + int(tokens.get("reasoning", 0))
+            cost = float(data.get("cost_usd", 0.0))
+            state["tokens_used"] += used
+            state["cost_usd"] += cost
+            state["last_output"] = data.get("text", "")[:4000]
+            self._roll_up(store, state, used, cost)
+        elif type_ == "message.sent":
+            state["messages"] += 1
+        elif type_ == "tool.called":
+            state["tool_calls"] += 1
+        elif type_ == "permission.decided":
+            state["permissions_decided"] += 1
+            if data.get("reply") == "reject":
+                state["permissions_rejected"] += 1
+        elif type_ == "budget.exceeded":
+            state["end_reason"] = f"budget exceeded: {data['limit']} used {data['used']} of {data['allowed']}"
+        elif type_ == "delegation.revoked":
+            for sid in [data["session_id"], *data.get("subtree", [])]:
+                target = state if sid == state["session_id"] else store.get(sid)
+                if target is None:
+                    continue
+                target = dict(target)
+                target["revoked"] = True
+                target["updated_at"] = when
+                if target["status"] not in TERMINAL_STATUSES:
+                    target["status"] = "revoked"
+                    target["ended_at"] = when
+                    target["end_reason"] = f"revoked by {data['by']}: {data['reason']}"
+                if sid == state["session_id"]:
+                    state = target
+                else:
+                    store.put(target)
+        elif type_ in _TERMINAL_BY_TYPE and state["status"] not in TERMINAL_STATUSES:
+            state["status"] = _TERMINAL_BY_TYPE[type_]
+            state["ended_at"] = when
+            reason = data.get("summary") or data.get("reason") or data.get("error")
+            if reason is not None:
+                state["end_reason"] = str(reason)[:4000]
+        store.put(state)
+
+    @staticmethod
+    def _spawned(store: SessionStore, data: dict[str, Any], when: str) -> None:
+        state = dict(_DEFAULTS)
+        state["children"] = []
+        for key in ("session_id", "task_id", "role", "parent_session_id", "root_session_id", "depth",
+                    "principal", "delegator", "opencode_session_id", "server_url", "pid",
+                    "max_tokens", "max_cost_usd"):
+            if data.get(key) is not None:
+                state[key] = data[key]
+        state.update(status="running", created_at=when, updated_at=when)
+        store.put(state)
+        parent_id = data.get("parent_session_id")
+        parent = store.get(parent_id) if parent_id else None
+        if parent is not None and data["session_id"] not in parent["children"]:
+            parent = dict(parent)
+            parent["children"] = [*parent["children"], data["session_id"]]
+            store.put(parent)
+
+    @staticmethod
+    def _roll_up(store: SessionStore, state: dict[str, Any], tokens: int, cost: float) -> None:
+        state["subtree_tokens"] += tokens
+        state["subtree_cost_usd"] += cost
+        seen = {state["session_id"]}
+        parent_id = state.get("parent_session_id")
+        while parent_id and parent_id not in seen:
+            seen.add(parent_id)
+            parent = store.get(parent_id)
+            if parent is None:
+                return
+            parent = dict(parent)
+            parent["subtree_tokens"] += tokens
+            parent["subtree_cost_usd"] += cost
+            store.put(parent)
+            parent_id = parent.get("parent_session_id")
+
+
+def fold(events: Iterable[tuple[str, dict[str, Any] | None, int]]) -> DictSessions:
+    """Fold (type, data, recorded_at_us) triples into a fresh DictSessions."""
+    store = DictSessions()
+    projector = Projector()
+    for type_, data, recorded_at_us in events:
+        projector.apply(store, type_, data, recorded_at_us)
+    return store

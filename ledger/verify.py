@@ -1,0 +1,234 @@
+"""Streaming verification of any iterable of entries (a live database, an export, an archive).
+
+Memory stays constant: the verifier holds the previous entry, one entry of look-ahead and the
+Merkle tree's compact range. Every link is checked, never only the ends. The first problem is
+reported with its seq and kind; checkpoints are checked against the recomputed chain and their
+signatures against the public key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ledger import chain
+from ledger.checkpoint import Verifier, parse_checkpoint_body
+from ledger.entry import Entry
+from ledger.merkle import CompactRange
+
+Problem = Literal[
+    "payload_altered",
+    "header_altered",
+    "broken_link",
+    "missing_entry",
+    "reordered_entries",
+    "inserted_entry",
+    "truncated_tail",
+    "checkpoint_mismatch",
+    "bad_checkpoint_signature",
+]
+
+
+@dataclass(frozen=True)
+class ChainBroken:
+    """The first problem found: where, what, and the evidence."""
+
+    seq: int
+    problem: Problem
+    message: str
+    expected: str | None = None
+    actual: str | None = None
+
+
+@dataclass
+class VerifyReport:
+    entries: int = 0
+    pruned: int = 0
+    head: str | None = None
+    root: str | None = None
+    checkpoints_checked: int = 0
+    newest_checkpoint_size: int | None = None
+    broken: ChainBroken | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.broken is None
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ok": self.ok,
+            "entries": self.entries,
+            "pruned_payloads": self.pruned,
+            "head": self.head,
+            "merkle_root": self.root,
+            "checkpoints_checked": self.checkpoints_checked,
+            "newest_checkpoint_size": self.newest_checkpoint_size,
+            "first_bad_seq": None if self.broken is None else self.broken.seq,
+            "problem": None if self.broken is None else self.broken.problem,
+            "message": None if self.broken is None else self.broken.message,
+            "expected": None if self.broken is None else self.broken.expected,
+            "actual": None if self.broken is None else self.broken.actual,
+            "warnings": self.warnings,
+        }
+
+
+@dataclass(frozen=True)
+class StoredCheckpoint:
+    size: int
+    note: str
+
+
+def _recompute(prev: bytes, e: Entry, seq: int | None = None) -> bytes:
+    return chain.chain_hash(prev, e.seq if seq is None else seq, e.stream, e.type, e.recorded_at_us, e.payload_hash)
+
+
+def _classify(prev: bytes, cur: Entry, nxt: Entry | None) -> ChainBroken:
+    """Name what broke at `cur`, whose recomputed hash does not match, using one entry of look-ahead."""
+    k = cur.seq
+    if nxt is not None:
+        if _recompute(cur.hash, nxt) == nxt.hash and nxt.seq == k + 1:
+            return ChainBroken(k, "header_altered",
+                               f"entry {k}: a header field (stream, type, time or payload hash) was changed; "
+                               "its successor still commits to the original hash",
+                               expected=cur.hash.hex(), actual=_recompute(prev, cur).hex())
+        if _recompute(prev, nxt, k) == nxt.hash and _recompute(nxt.hash, cur, k + 1) == cur.hash:
+            return ChainBroken(k, "reordered_entries",
+                               f"entries {k} and {k + 1} are stored in each other's place")
+        if _recompute(prev, nxt, k) == nxt.hash:
+            return ChainBroken(k, "inserted_entry",
+                               f"entry {k} was inserted: the entry after it links to entry {k - 1}")
+        if _recompute(_recompute(prev, cur), nxt) == nxt.hash:
+            return ChainBroken(k, "broken_link",
+                               f"entry {k}: its stored hash was changed, so the link from entry {k + 1} breaks",
+                               expected=_recompute(prev, cur).hex(), actual=cur.hash.hex())
+    return ChainBroken(k, "broken_link",
+                       f"entry {k} does not link to entry {k - 1}: its hash does not follow from its "
+                       "predecessor and its header",
+                       expected=_recompute(prev, cur).hex(), actual=cur.hash.hex())
+
+
+def _lookahead(entries: Iterable[Entry]) -> Iterator[tuple[Entry, Entry | None]]:
+    it = iter(entries)
+    cur = next(it, None)
+    while cur is not None:
+        nxt = next(it, None)
+        yield cur, nxt
+        cur = nxt
+
+
+def verify_entries(
+    entries: Iterable[Entry],
+    *,
+    checkpoints: Sequence[StoredCheckpoint] = (),
+    verifier: Verifier | None = None,
+    origin: str | None = None,
+    start_prev: bytes = chain.GENESIS_HASH,
+    start_seq: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    """Check every link, payload hash and checkpoint; stop at the first problem."""
+    report = VerifyReport()
+    wanted: dict[int, list[tuple[bytes | None, bytes, StoredCheckpoint]]] = {}
+    for cp in checkpoints:
+        parsed = _parse_checkpoint(cp, verifier, origin, report)
+        if report.broken is not None:
+            return report
+        if parsed is not None:
+            wanted.setdefault(cp.size, []).append(parsed)
+    newest = max((cp.size for cp in checkpoints), default=0)
+    report.newest_checkpoint_size = newest if checkpoints else None
+    merkle = CompactRange()
+    prev = start_prev
+    expected_seq = start_seq
+    last_us = 0
+    payload_hash = chain.payload_hash
+    chain_hash = chain.chain_hash
+    count = 0
+    for cur, nxt in _lookahead(entries):
+        seq = cur.seq
+        if seq != expected_seq:
+            if seq > expected_seq:
+                report.broken = ChainBroken(expected_seq, "missing_entry",
+                                            f"entry {expected_seq} is missing (the next stored entry is {seq})",
+                                            expected=str(expected_seq), actual=str(seq))
+            else:
+                report.broken = ChainBroken(seq, "reordered_entries",
+                                            f"entry {seq} appears after entry {expected_seq - 1}",
+                                            expected=str(expected_seq), actual=str(seq))
+            break
+        if cur.payload is not None:
+            if cur.salt is None or payload_hash(cur.salt, cur.payload) != cur.payload_hash:
+                report.broken = ChainBroken(seq, "payload_altered",
+                                            f"entry {seq}: the payload does not match its recorded hash",
+                                            expected=cur.payload_hash.hex(),
+                                            actual=payload_hash(cur.salt or b"", cur.payload).hex())
+                break
+        else:
+            report.pruned += 1
+        if chain_hash(prev, seq, cur.stream, cur.type, cur.recorded_at_us, cur.payload_hash) != cur.hash:
+            report.broken = _classify(prev, cur, nxt)
+            break
+        if cur.recorded_at_us < last_us:
+            report.broken = ChainBroken(seq, "reordered_entries",
+                                        f"entry {seq} was recorded before entry {seq - 1}: time goes backwards")
+            break
+        last_us = cur.recorded_at_us
+        merkle.append(cur.hash)
+        prev = cur.hash
+        expected_seq += 1
+        count += 1
+        if seq in wanted:
+            for head, root, cp in wanted.pop(seq):
+                report.checkpoints_checked += 1
+                if (head is not None and head != cur.hash) or root != merkle.root():
+                    report.broken = ChainBroken(
+                        seq, "checkpoint_mismatch",
+                        f"the ledger up to entry {seq} differs from the signed checkpoint of size {cp.size}: "
+                        "the chain was rewritten",
+                        expected=(head or root).hex(), actual=(cur.hash if head is not None else merkle.root()).hex())
+                    break
+            if report.broken is not None:
+                break
+        if progress is not None and not count & 0x3FFF:
+            progress(count)
+    report.entries = count
+    report.head = prev.hex() if count else None
+    report.root = merkle.root().hex() if count else None
+    if report.broken is None and wanted:
+        report.broken = ChainBroken(count + 1, "truncated_tail",
+                                    f"a signed checkpoint covers {max(wanted)} entries but the ledger ends at "
+                                    f"entry {count}: its tail was cut off",
+                                    expected=str(max(wanted)), actual=str(count))
+    if report.broken is None and checkpoints and verifier is None:
+        report.warnings.append("checkpoint signatures were not checked: no public key was given")
+    if report.broken is None and not checkpoints:
+        report.warnings.append("no signed checkpoint: a truncated tail or a re-hashed chain cannot be detected "
+                               "(run `ledger checkpoint`)")
+    if progress is not None:
+        progress(count)
+    return report
+
+
+def _parse_checkpoint(cp: StoredCheckpoint, verifier: Verifier | None, origin: str | None,
+                      report: VerifyReport) -> tuple[bytes | None, bytes, StoredCheckpoint] | None:
+    body = cp.note.partition("\n\n")[0] + "\n"
+    if verifier is not None:
+        ok, why = verifier.check(cp.note)
+        if not ok:
+            report.broken = ChainBroken(cp.size, "bad_checkpoint_signature", f"checkpoint of size {cp.size}: {why}")
+            return None
+    try:
+        cp_origin, size, root, head = parse_checkpoint_body(body)
+    except ValueError as exc:
+        report.broken = ChainBroken(cp.size, "bad_checkpoint_signature", f"checkpoint of size {cp.size} is malformed: {exc}")
+        return None
+    if size != cp.size or (origin is not None and cp_origin != origin):
+        report.broken = ChainBroken(cp.size, "bad_checkpoint_signature",
+                                    f"checkpoint text names origin {cp_origin!r} size {size}, but was stored for "
+                                    f"origin {origin!r} size {cp.size}")
+        return None
+    if size == 0:
+        return None
+    return head, root, cp
