@@ -18,17 +18,22 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from ledger import prune as prune_mod
+from ledger import replay as replay_mod
 from ledger import sqlite_store as store
+from ledger.archive import ArchiveReport, verify_archive, write_archive
 from ledger.canonical import canonical_bytes
 from ledger.chain import MAX_STREAM_BYTES, MAX_TYPE_BYTES
 from ledger.checkpoint import Checkpoint, Signer, Verifier, load_signer, load_verifier, write_key_pair
 from ledger.entry import Entry, Head
-from ledger.errors import LedgerError, PayloadError, SigningKeyError, StorageError
+from ledger.errors import LedgerError, PayloadError, PruneError, SigningKeyError, StorageError
 from ledger.merkle import CompactRange
 from ledger.paths import key_path_for
+from ledger.prune import PruneReport
+from ledger.replay import ReplayReport
 from ledger.verify import StoredCheckpoint, VerifyReport, verify_entries
 from ledger.writer import Pending, Writer
-from schemas.events import CheckpointSigned, parse_event_payload
+from schemas.events import CheckpointSigned, Pruned, parse_event_payload
 from schemas.state import SessionState
 
 LEDGER_STREAM = "ledger"
@@ -252,6 +257,102 @@ class Ledger:
             )
         finally:
             conn.close()
+
+    # -- pruning, archives, replay ---------------------------------------------------------
+    def prune(self, cutoff: datetime, *, archive: Path | None = None, dry_run: bool = False,
+              now: datetime | None = None) -> PruneReport:
+        """Archive then remove payloads of terminal sessions older than `cutoff`; headers and hashes stay."""
+        now = now or datetime.now(UTC)
+        if cutoff.tzinfo is None:
+            raise PruneError(f"cutoff {cutoff.isoformat()} has no timezone")
+        if cutoff > now:
+            raise PruneError(f"cutoff {cutoff.isoformat()} is in the future (now is {now.isoformat()})")
+        report = PruneReport(cutoff=cutoff.astimezone(UTC).isoformat().replace("+00:00", "Z"), dry_run=dry_run,
+                             db_bytes_before=prune_mod.file_bytes(self.path))
+        conn = self._reader()
+        chosen, sessions, report.skipped_active = prune_mod.choose_streams(conn, cutoff)
+        report.sessions, report.streams = sessions, len(chosen)
+        names = [name for _, name in chosen]
+        for batch_start in range(0, len(names), 500):
+            for e in store.iter_entries(conn, streams=names[batch_start:batch_start + 500]):
+                if e.payload is not None:
+                    report.entries += 1
+                    report.payload_bytes += len(e.payload)
+        if dry_run or not chosen:
+            report.db_bytes_after = report.db_bytes_before
+            return report
+        if archive is None:
+            stamp = now.strftime("%Y%m%dT%H%M%SZ")
+            archive = self.path.with_name(f"{self.path.stem}.pruned-{stamp}.jsonl.gz")
+        header = {"origin": self.origin, "ledger_id": self.ledger_id, "cutoff": report.cutoff,
+                  "created_at": now.isoformat().replace("+00:00", "Z"), "sessions": sessions}
+
+        def archived() -> Iterator[Entry]:
+            for batch_start in range(0, len(names), 500):
+                for e in store.iter_entries(conn, streams=names[batch_start:batch_start + 500]):
+                    if e.payload is not None:
+                        yield e
+
+        written, digest = write_archive(Path(archive), header, archived())
+        report.archive, report.archive_sha256 = str(archive), digest
+        snapshots = [{"session_id": sid, "state": store.read_session(conn, sid)} for sid in sessions]
+        event = Pruned(cutoff=cutoff, entries=written, payload_bytes=report.payload_bytes,
+                       sessions=[s for s in snapshots if s["state"] is not None],  # type: ignore[misc]
+                       archive=str(archive), archive_sha256=digest)
+        p = self._pending(LEDGER_STREAM, event)
+        p.effect = prune_mod.null_payloads([sid for sid, _ in chosen])
+        p.lock = threading.Lock()
+        p.lock.acquire()
+        self._writer.submit(p)
+        p.lock.acquire()
+        if p.error is not None:
+            raise p.error
+        if self._signer is not None:
+            self.checkpoint(trigger="prune")
+        self.compact()
+        report.db_bytes_after = prune_mod.file_bytes(self.path)
+        return report
+
+    def compact(self) -> None:
+        """VACUUM and truncate the WAL so freed pages leave the file."""
+        conn = store.connect(self.path, durable=self.durable)
+        try:
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+
+    def verify_archive(self, path: Path) -> ArchiveReport:
+        """Re-check archived payloads against the hashes this ledger retained."""
+        conn = self._reader()
+
+        def retained(seq: int) -> Entry | None:
+            return next(store.iter_entries(conn, start=seq, stop=seq), None)
+
+        return verify_archive(Path(path), retained, origin=self.origin)
+
+    def replay(self, *, check: bool = False, progress: Callable[[int], None] | None = None) -> ReplayReport:
+        """Rebuild the projections from the events; with `check`, compare instead of writing."""
+        conn = store.connect(self.path, durable=self.durable)
+        report = ReplayReport(checked=check)
+        try:
+            conn.execute("BEGIN IMMEDIATE" if not check else "BEGIN")
+            sessions, report.folded = replay_mod.rebuild(conn, progress)
+            report.events = store.read_head(conn).size
+            report.sessions = len(sessions)
+            if check:
+                report.drift = replay_mod.compare(sessions, replay_mod.stored(conn))
+                conn.execute("COMMIT")
+            else:
+                replay_mod.write_sessions(conn, sessions, report.events)
+                conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            conn.close()
+        return report
 
     # -- closing -----------------------------------------------------------------------------
     def close(self) -> None:

@@ -30,6 +30,7 @@ PROJECTED_TYPES: frozenset[str] = frozenset(
         "delegation.revoked",
         "budget.exceeded",
         "ledger.pruned",
+        "gate.decided",
     }
 )
 
@@ -61,7 +62,8 @@ def _iso(us: int) -> str:
 class Projector:
     """Folds one event at a time into a SessionStore."""
 
-    def apply(self, store: SessionStore, type_: str, data: dict[str, Any] | None, recorded_at_us: int) -> None:
+    def apply(self, store: SessionStore, stream: str, type_: str, data: dict[str, Any] | None,
+              recorded_at_us: int) -> None:
         if data is None or type_ not in PROJECTED_TYPES:
             return  # pruned payloads are restored by the ledger.pruned snapshot that follows them
         if type_ == "ledger.pruned":
@@ -69,6 +71,9 @@ class Projector:
                 store.put(dict(snap["state"]))
             return
         when = _iso(recorded_at_us)
+        if type_ == "gate.decided":
+            self._decided(store, stream, data, when)
+            return
         if type_ == "agent.spawned":
             self._spawned(store, data, when)
             return
@@ -120,15 +125,34 @@ class Projector:
         store.put(state)
 
     @staticmethod
-    def _spawned(store: SessionStore, data: dict[str, Any], when: str) -> None:
+    def _decided(store: SessionStore, stream: str, data: dict[str, Any], when: str) -> None:
+        """An approved delegation becomes a queued session under its stream id; a refusal leaves none."""
+        if data["verdict"]["decision"] != "approved" or store.get(stream) is not None:
+            return
         state = dict(_DEFAULTS)
-        state["children"] = []
+        state.update(session_id=stream, task_id=data.get("task_id") or "", role=data.get("role") or "",
+                     parent_session_id=data.get("parent_session_id"), root_session_id=stream,
+                     depth=data.get("depth", 0), status="queued", created_at=when, updated_at=when, children=[])
+        if data.get("parent_session_id"):
+            parent = store.get(data["parent_session_id"])
+            if parent is not None:
+                state["root_session_id"] = parent["root_session_id"]
+        store.put(state)
+
+    @staticmethod
+    def _spawned(store: SessionStore, data: dict[str, Any], when: str) -> None:
+        existing = store.get(data["session_id"])
+        state = dict(existing) if existing is not None else dict(_DEFAULTS)
+        state["children"] = list(state.get("children") or [])
         for key in ("session_id", "task_id", "role", "parent_session_id", "root_session_id", "depth",
                     "principal", "delegator", "opencode_session_id", "server_url", "pid",
                     "max_tokens", "max_cost_usd"):
             if data.get(key) is not None:
                 state[key] = data[key]
-        state.update(status="running", created_at=when, updated_at=when)
+        if state["status"] in ("queued", "starting"):
+            state["status"] = "running"
+        state["updated_at"] = when
+        state["created_at"] = state.get("created_at") or when
         store.put(state)
         parent_id = data.get("parent_session_id")
         parent = store.get(parent_id) if parent_id else None
@@ -155,10 +179,10 @@ class Projector:
             parent_id = parent.get("parent_session_id")
 
 
-def fold(events: Iterable[tuple[str, dict[str, Any] | None, int]]) -> DictSessions:
-    """Fold (type, data, recorded_at_us) triples into a fresh DictSessions."""
+def fold(events: Iterable[tuple[str, str, dict[str, Any] | None, int]]) -> DictSessions:
+    """Fold (stream, type, data, recorded_at_us) tuples into a fresh DictSessions."""
     store = DictSessions()
     projector = Projector()
-    for type_, data, recorded_at_us in events:
-        projector.apply(store, type_, data, recorded_at_us)
+    for stream, type_, data, recorded_at_us in events:
+        projector.apply(store, stream, type_, data, recorded_at_us)
     return store

@@ -32,13 +32,15 @@ _STOP = object()
 class Pending:
     """One queued append and the means to tell its caller how it went."""
 
-    __slots__ = ("data", "entry", "error", "future", "lock", "loop", "payload", "stream", "type")
+    __slots__ = ("data", "effect", "entry", "error", "future", "lock", "loop", "payload", "stream", "type")
 
     def __init__(self, stream: str, type_: str, payload: bytes, data: dict[str, Any] | None) -> None:
         self.stream = stream
         self.type = type_
         self.payload = payload
         self.data = data
+        #: run inside the append transaction, before the entry is inserted (used by prune)
+        self.effect: Callable[[sqlite3.Connection], None] | None = None
         self.entry: Entry | None = None
         self.error: BaseException | None = None
         self.lock: threading.Lock | None = None
@@ -190,6 +192,8 @@ class Writer:
             p_hash_of = chain.payload_hash
             chain_hash = chain.chain_hash
             for p in batch:
+                if p.effect is not None:
+                    p.effect(conn)
                 seq += 1
                 salt = urandom(chain.SALT_BYTES)
                 ph = p_hash_of(salt, p.payload)
@@ -201,7 +205,7 @@ class Writer:
                 if p.type in PROJECTED_TYPES:
                     sessions.seq = seq
                     data = p.data if p.data is not None else json.loads(p.payload)
-                    projector.apply(sessions, p.type, data, now)
+                    projector.apply(sessions, p.stream, p.type, data, now)
             conn.executemany("INSERT INTO entries VALUES (?,?,?,?,?,?,?,?)", rows)
             sessions.flush()
             conn.execute("DELETE FROM merkle_edge")
