@@ -174,7 +174,8 @@ class Ledger:
         return store.read_head(self._reader())
 
     def entries(self, **filters: Any) -> Iterator[Entry]:
-        """Entries in seq order; filters: start, stop, stream, streams, types, since_us, until_us, limit."""
+        """Entries in seq order; filters: start, stop, stream, streams, types, since_us, until_us, limit,
+        descending."""
         return store.iter_entries(self._reader(), **filters)
 
     def session(self, session_id: str) -> SessionState | None:

@@ -59,7 +59,7 @@ class Verifier:
     @classmethod
     def parse(cls, text: str) -> Verifier:
         try:
-            name, hash_hex, b64 = text.strip().split("+")
+            name, hash_hex, b64 = text.strip().split("+", 2)
             raw = base64.b64decode(b64, validate=True)
         except ValueError as exc:
             raise SigningKeyError(f"verifier key is not '<name>+<hash>+<base64 key>' (got {text.strip()[:60]!r})") from exc
@@ -124,7 +124,7 @@ class Signer:
 
     @classmethod
     def parse(cls, text: str) -> Signer:
-        parts = text.strip().split("+")
+        parts = text.strip().split("+", 4)
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
             raise SigningKeyError("signing key is not 'PRIVATE+KEY+<name>+<hash>+<base64 key>'")
         try:

@@ -158,21 +158,26 @@ def verify_entries(
                                             f"entry {seq} appears after entry {expected_seq - 1}",
                                             expected=str(expected_seq), actual=str(seq))
             break
-        if cur.payload is not None:
-            if cur.salt is None or payload_hash(cur.salt, cur.payload) != cur.payload_hash:
-                report.broken = ChainBroken(seq, "payload_altered",
-                                            f"entry {seq}: the payload does not match its recorded hash",
-                                            expected=cur.payload_hash.hex(),
-                                            actual=payload_hash(cur.salt or b"", cur.payload).hex())
+        try:
+            if cur.payload is not None:
+                if cur.salt is None or payload_hash(cur.salt, cur.payload) != cur.payload_hash:
+                    report.broken = ChainBroken(seq, "payload_altered",
+                                                f"entry {seq}: the payload does not match its recorded hash",
+                                                expected=cur.payload_hash.hex(),
+                                                actual=payload_hash(cur.salt or b"", cur.payload).hex())
+                    break
+            else:
+                report.pruned += 1
+            if chain_hash(prev, seq, cur.stream, cur.type, cur.recorded_at_us, cur.payload_hash) != cur.hash:
+                report.broken = _classify(prev, cur, nxt)
                 break
-        else:
-            report.pruned += 1
-        if chain_hash(prev, seq, cur.stream, cur.type, cur.recorded_at_us, cur.payload_hash) != cur.hash:
-            report.broken = _classify(prev, cur, nxt)
-            break
-        if cur.recorded_at_us < last_us:
-            report.broken = ChainBroken(seq, "reordered_entries",
-                                        f"entry {seq} was recorded before entry {seq - 1}: time goes backwards")
+            if cur.recorded_at_us < last_us:
+                report.broken = ChainBroken(seq, "reordered_entries",
+                                            f"entry {seq} was recorded before entry {seq - 1}: time goes backwards")
+                break
+        except (TypeError, AttributeError, ValueError, OverflowError) as exc:
+            kind: Problem = "payload_altered" if not isinstance(cur.payload, bytes | None) else "header_altered"
+            report.broken = ChainBroken(seq, kind, f"entry {seq}: a stored column has the wrong type or form ({exc})")
             break
         last_us = cur.recorded_at_us
         merkle.append(cur.hash)

@@ -1,0 +1,60 @@
+"""Shared CLI state and argument parsing (durations, dates, the ledger to open)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cli.render import fail
+from ledger import Ledger, LedgerError
+from ledger.paths import default_db_path
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d|w)$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@dataclass
+class State:
+    db: Path | None = None
+    json: bool = False
+
+    @property
+    def db_path(self) -> Path:
+        return self.db if self.db is not None else default_db_path()
+
+    def open(self, *, create: bool = False) -> Ledger:
+        try:
+            return Ledger.open(self.db_path, create=create)
+        except LedgerError as exc:
+            fail(exc.diagnostics())
+            raise  # unreachable
+
+
+STATE = State()
+
+
+def want_json(flag: bool) -> bool:
+    return flag or STATE.json
+
+
+def parse_duration(text: str, option: str) -> timedelta:
+    m = _DURATION.match(text.strip())
+    if not m:
+        fail(f"{option}: expected a duration such as 30d, 12h, 90m, 6w or 45s (got {text!r})")
+    value, unit = m.groups()  # type: ignore[union-attr]
+    return timedelta(seconds=float(value) * _UNITS[unit])
+
+
+def parse_when(text: str, option: str) -> datetime:
+    """An RFC 3339 timestamp or a date (midnight UTC)."""
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
+            return datetime.fromisoformat(text.strip()).replace(tzinfo=UTC)
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{option}: expected a date (2026-01-31) or an RFC 3339 timestamp (got {text!r})")
+    if value.tzinfo is None:
+        fail(f"{option}: timestamp {text!r} has no timezone (add Z or +hh:mm)")
+    return value

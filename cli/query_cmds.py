@@ -1,0 +1,176 @@
+"""Reading the ledger: events, sessions, show, export; and recording operator notes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.options import STATE, parse_when, want_json
+from cli.render import emit_json, fail, out, table
+from ledger import Entry, LedgerError
+from ledger.entry import datetime_to_us
+from schemas.events import EVENT_TYPES, TERMINAL_STATUSES, OperatorNote
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("events")(events)
+    app.command("sessions")(sessions)
+    app.command("show")(show)
+    app.command("export")(export)
+    app.command("note")(note)
+
+
+def _entry_json(e: Entry, with_payload: bool = True) -> dict[str, Any]:
+    d = e.to_json()
+    d["payload"] = e.data() if with_payload else None
+    d.pop("salt", None)
+    d["pruned"] = e.pruned
+    return d
+
+
+def _summary(e: Entry) -> str:
+    data = e.data()
+    if data is None:
+        return "(payload pruned)"
+    t = e.type
+    if t == "gate.decided":
+        v = data["verdict"]
+        rules = ", ".join(f["rule"] for f in v.get("violations", []))
+        return f"{v['decision']}" + (f" ({rules})" if rules else "")
+    for key in ("text", "summary", "reason", "error", "tool", "permission", "role"):
+        if data.get(key):
+            return f"{key}={str(data[key])[:80]}"
+    return ""
+
+
+def _filters(stream: str | None, task: str | None, types: list[str] | None, since: str | None,
+             until: str | None) -> dict[str, Any]:
+    for t in types or []:
+        if t not in EVENT_TYPES:
+            fail(f"--type: unknown event type {t!r}; known: {', '.join(EVENT_TYPES)}")
+    f: dict[str, Any] = {"types": types or None}
+    if since:
+        f["since_us"] = datetime_to_us(parse_when(since, "--since"))
+    if until:
+        f["until_us"] = datetime_to_us(parse_when(until, "--until"))
+    streams = [stream] if stream else []
+    if task:
+        with STATE.open() as led:
+            streams += [s.session_id for s in led.sessions(task_id=task)]
+            # refused requests of the task have no session: find their streams through the decisions
+            for e in led.entries(types=["gate.decided"]):
+                data = e.data()
+                if data and data.get("task_id") == task:
+                    streams.append(e.stream)
+        if not streams:
+            streams = ["\x00no-such-stream"]
+    if streams:
+        f["streams"] = sorted(set(streams))
+    return f
+
+
+StreamOpt = Annotated[str | None, typer.Option("--stream", "--session", help="Only this stream/session.")]
+TaskOpt = Annotated[str | None, typer.Option("--task", help="Only events of delegations for this task id.")]
+TypeOpt = Annotated[list[str] | None, typer.Option("--type", help="Only this event type (repeatable).")]
+SinceOpt = Annotated[str | None, typer.Option("--since", help="Recorded at or after (date or RFC 3339).")]
+UntilOpt = Annotated[str | None, typer.Option("--until", help="Recorded before (date or RFC 3339).")]
+
+
+def events(
+    stream: StreamOpt = None, task: TaskOpt = None, type_: TypeOpt = None, since: SinceOpt = None,
+    until: UntilOpt = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many (newest last).")] = 100,
+    json_out: JsonOpt = False,
+) -> None:
+    """List events, filtered by stream/session, task id, type and time range."""
+    filters = _filters(stream, task, type_, since, until)
+    with STATE.open() as led:
+        rows = list(led.entries(**filters, descending=True, limit=limit))[::-1]
+    if want_json(json_out):
+        emit_json([_entry_json(e) for e in rows])
+        return
+    table(f"{len(rows)} event(s)", ["seq", "recorded at", "stream", "type", "summary"],
+          [(e.seq, e.recorded_at.strftime("%Y-%m-%d %H:%M:%S"), e.stream[:24], e.type, _summary(e)) for e in rows])
+
+
+def sessions(
+    active: Annotated[bool, typer.Option("--active", help="Only sessions not yet terminal.")] = False,
+    task: TaskOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List delegation sessions with their state, depth, tokens and cost."""
+    with STATE.open() as led:
+        found = led.sessions(task_id=task)
+    if active:
+        found = [s for s in found if s.status not in TERMINAL_STATUSES]
+    if want_json(json_out):
+        emit_json([s.model_dump() for s in found])
+        return
+    table(f"{len(found)} session(s)", ["session", "task", "role", "status", "depth", "parent", "tokens", "cost $"],
+          [(s.session_id, s.task_id[:16], s.role, s.status, s.depth, (s.parent_session_id or "")[:12],
+            s.tokens_used, f"{s.cost_usd:.4f}") for s in found])
+
+
+def show(session_id: Annotated[str, typer.Argument(help="Session id.")], json_out: JsonOpt = False) -> None:
+    """Show one session: its state, its children and its events."""
+    with STATE.open() as led:
+        state = led.session(session_id)
+        evs = list(led.entries(stream=session_id))
+    if state is None and not evs:
+        fail(f"no session or stream {session_id!r} in {STATE.db_path}")
+    if want_json(json_out):
+        emit_json({"session": state.model_dump() if state else None, "events": [_entry_json(e) for e in evs]})
+        return
+    if state is not None:
+        table(f"session {session_id}", ["field", "value"],
+              [(k, v) for k, v in state.model_dump().items() if v not in (None, [], "")])
+    else:
+        out.print(f"stream {session_id} has no session (a refused request leaves none)")
+    table("events", ["seq", "type", "summary"], [(e.seq, e.type, _summary(e)) for e in evs])
+
+
+def export(
+    output: Annotated[Path | None, typer.Option("--out", help="File to write (default: stdout).")] = None,
+    stream: StreamOpt = None, type_: TypeOpt = None, since: SinceOpt = None, until: UntilOpt = None,
+) -> None:
+    """Export entries as JSON Lines (headers, hashes, canonical payloads): re-verifiable anywhere."""
+    filters = _filters(stream, None, type_, since, until)
+    sink = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
+    try:
+        with STATE.open() as led:
+            n = 0
+            for e in led.entries(**{k: v for k, v in filters.items() if v is not None}):
+                sink.write(json.dumps(e.to_json(), sort_keys=True, ensure_ascii=False) + "\n")
+                n += 1
+    finally:
+        if output:
+            sink.close()
+    if output:
+        out.print(f"exported {n} entries to {output}")
+
+
+def note(
+    stream: Annotated[str, typer.Option("--stream", help="Stream/session the note is about.")],
+    text: Annotated[str, typer.Option("--text", help="The note.")],
+    by: Annotated[str, typer.Option("--by", help="Who writes it.")],
+    kind: Annotated[str, typer.Option("--kind", help="note | oversight | incident")] = "note",
+    json_out: JsonOpt = False,
+) -> None:
+    """Record a human oversight or operator note on the ledger."""
+    if kind not in ("note", "oversight", "incident"):
+        fail(f"--kind: expected note, oversight or incident (got {kind!r})")
+    with STATE.open(create=True) as led:
+        try:
+            entry = led.append(stream, OperatorNote(text=text, by=by, kind=kind))  # type: ignore[arg-type]
+        except LedgerError as exc:
+            fail(exc.diagnostics())
+    if want_json(json_out):
+        emit_json(_entry_json(entry))
+    else:
+        out.print(f"recorded note as seq {entry.seq} ({entry.hash.hex()[:16]}...)")
