@@ -25,7 +25,48 @@ _dumps = json.JSONEncoder(
 # (compact separators put no space there). Inside a string this can match too: the only cost of
 # such a false positive is taking the exact path.
 _NEEDS_EXACT = re.compile(r"[:\[,]-?\d+[.eE]|[:\[,]-?\d{16,}|^-?\d+[.eE]|^-?\d{16,}")
+_BIG_INT = re.compile(r"(?:^|[:\[,])-?\d{16,}(?:[,\]}]|$)")
 _HIGH_CHARS = re.compile("[\ue000-\U0010ffff]")
+# Strings (skipped as they are) or a float token as Python's repr wrote it.
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|(-?\d+(?:\.\d+)?(?:e[+-]?\d+)?)')
+
+
+def es_number(token: str) -> str:
+    """ECMAScript Number::toString of the float whose Python repr is `token` (RFC 8785 section 3.2.2.3).
+
+    Python's repr and ECMAScript both print the shortest digits that round-trip; only the layout
+    differs (where the decimal point goes and when to switch to exponent notation).
+    """
+    value = float(token)
+    if value == 0:
+        return "0"
+    sign = "-" if token[0] == "-" else ""
+    body = token.lstrip("-")
+    mantissa, _, exp_text = body.partition("e")
+    exponent = int(exp_text) if exp_text else 0
+    whole, _, frac = mantissa.partition(".")
+    digits = (whole + frac).lstrip("0")
+    # n: position of the decimal point relative to the first significant digit (value = 0.d1d2... x 10^n)
+    n = len(whole) + exponent if whole.strip("0") else exponent - (len(frac) - len(frac.lstrip("0")))
+    digits = digits.rstrip("0") or "0"
+    k = len(digits)
+    if k <= n <= 21:
+        out = digits + "0" * (n - k)
+    elif 0 < n <= 21:
+        out = digits[:n] + "." + digits[n:]
+    elif -6 < n <= 0:
+        out = "0." + "0" * -n + digits
+    else:
+        e = n - 1
+        out = digits[0] + ("." + digits[1:] if k > 1 else "") + "e" + ("+" if e >= 0 else "-") + str(abs(e))
+    return sign + out
+
+
+def _fix_numbers(match: re.Match[str]) -> str:
+    token = match.group(1)
+    if token is None or ("." not in token and "e" not in token):
+        return match.group(0)
+    return es_number(token)
 
 
 def canonical_bytes(value: Any) -> bytes:
@@ -34,8 +75,12 @@ def canonical_bytes(value: Any) -> bytes:
         text = _dumps(value)
     except (TypeError, ValueError) as exc:
         raise PayloadError(f"payload is not representable as JSON: {exc}") from exc
-    if _NEEDS_EXACT.search(text) or (not text.isascii() and _HIGH_CHARS.search(text)):
-        return _exact(value)
+    if not text.isascii() and _HIGH_CHARS.search(text):
+        return _exact(value)  # key order may differ between code points and UTF-16 units
+    if _NEEDS_EXACT.search(text):
+        if _BIG_INT.search(text):
+            return _exact(value)  # the exact encoder refuses integers beyond 2**53 with a clear error
+        text = _TOKENS.sub(_fix_numbers, text)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:

@@ -62,6 +62,15 @@ def _iso(us: int) -> str:
 class Projector:
     """Folds one event at a time into a SessionStore."""
 
+    def __init__(self) -> None:
+        self._last_us = -1
+        self._last_iso = ""
+
+    def _when(self, recorded_at_us: int) -> str:
+        if recorded_at_us != self._last_us:  # a whole batch shares one timestamp
+            self._last_us, self._last_iso = recorded_at_us, _iso(recorded_at_us)
+        return self._last_iso
+
     def apply(self, store: SessionStore, stream: str, type_: str, data: dict[str, Any] | None,
               recorded_at_us: int) -> None:
         if data is None or type_ not in PROJECTED_TYPES:
@@ -70,7 +79,7 @@ class Projector:
             for snap in data["sessions"]:
                 store.put(dict(snap["state"]))
             return
-        when = _iso(recorded_at_us)
+        when = self._when(recorded_at_us)
         if type_ == "gate.decided":
             self._decided(store, stream, data, when)
             return

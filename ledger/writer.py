@@ -58,9 +58,9 @@ def translate(exc: sqlite3.Error, doing: str) -> LedgerError:
 class _CachedSessions:
     """SessionStore over the `sessions` table for one batch: reads through, writes at the end."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, cache: dict[str, dict[str, Any] | None]) -> None:
         self.conn = conn
-        self.cache: dict[str, dict[str, Any] | None] = {}
+        self.cache = cache
         self.dirty: dict[str, int] = {}
         self.seq = 0
 
@@ -95,6 +95,9 @@ class Writer:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._projector = Projector()
         self._stream_ids: dict[str, int] = {}
+        #: session states known to this writer, valid while no other connection has committed
+        self._session_cache: dict[str, dict[str, Any] | None] = {}
+        self._data_version = -1
         self._closed = False
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
@@ -181,12 +184,16 @@ class Writer:
         except sqlite3.Error as exc:
             raise translate(exc, "could not start the append transaction") from exc
         try:
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._data_version or len(self._session_cache) > 50_000:
+                self._session_cache.clear()  # another connection committed: our copies may be stale
+                self._data_version = version
             row = conn.execute("SELECT seq, hash, recorded_at FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
             seq, prev, last_us = (0, chain.GENESIS_HASH, 0) if row is None else row
             edge = CompactRange(seq, dict(conn.execute("SELECT level, hash FROM merkle_edge").fetchall()))
             now = max(time.time_ns() // 1000, last_us)
             rows = []
-            sessions = _CachedSessions(conn)
+            sessions = _CachedSessions(conn, self._session_cache)
             projector = self._projector
             urandom = os.urandom
             p_hash_of = chain.payload_hash
@@ -225,6 +232,7 @@ class Writer:
         except sqlite3.Error:
             pass
         self._stream_ids.clear()  # ids inserted in the rolled-back transaction are gone
+        self._session_cache.clear()
 
     @staticmethod
     def _release(batch: list[Pending]) -> None:

@@ -1,0 +1,348 @@
+"""Ledger benchmark: ratios against baselines measured in the same run on the same machine.
+
+    python bench/ledger_bench.py [--verify-events 1000000] [--quick]
+
+Writes bench/results/ledger.json. Not a test: figures are reported, never asserted.
+Every baseline uses the same durability setting as the ledger (WAL, synchronous=FULL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import median, write_results  # noqa: E402
+from ledger import Ledger  # noqa: E402
+from schemas.events import (  # noqa: E402
+    AgentCompleted,
+    AgentSpawned,
+    MessageSent,
+    OutputReceived,
+    Tokens,
+    ToolCalled,
+)
+
+TARGETS = {
+    "append_concurrent_vs_sqlite_batch100": (">=", 0.7),
+    "append_single_latency_vs_sqlite_txn": ("<=", 2.0),
+    "append_vs_eventsourcing": (">=", 2.0),
+    "verify_vs_pure_sha256": (">=", 0.4),
+    "replay_vs_eventsourcing": (">=", 4.0),
+    "bytes_per_event_vs_payload": ("<=", 1.6),
+}
+
+
+def tool_event(i: int, session: str) -> ToolCalled:
+    """A ~300-byte payload, typical of what agents record."""
+    return ToolCalled(session_id=session, tool="write", call_id=f"call_{i:08d}", status="completed",
+                      input={"filePath": f"/work/project/src/module_{i % 97}.py", "content": "x = 1\n" * 20},
+                      output="Wrote file successfully.")
+
+
+def lifecycle(n_sessions: int, per_session: int) -> list[tuple[str, Any]]:
+    """Realistic mixed events: spawn, messages, tool calls, outputs, completion."""
+    items: list[tuple[str, Any]] = []
+    for s in range(n_sessions):
+        sid = f"sess-{s:07d}-{uuid.UUID(int=s).hex[:12]}"
+        items.append((sid, AgentSpawned(session_id=sid, task_id=f"task-{s // 10}", role="backend", principal="backend",
+                                        delegator="pm", root_session_id=sid, depth=0)))
+        items.append((sid, MessageSent(session_id=sid, text="Implement the endpoint and its tests. " * 3)))
+        for k in range(per_session - 4):
+            if k % 3 == 2:
+                items.append((sid, OutputReceived(session_id=sid, text="Progress: " + "y" * 180,
+                                                  tokens=Tokens(input=1200, output=300), cost_usd=0.0081)))
+            else:
+                items.append((sid, tool_event(k, sid)))
+        items.append((sid, OutputReceived(session_id=sid, text="Done: " + "z" * 150,
+                                          tokens=Tokens(input=900, output=200), cost_usd=0.006)))
+        items.append((sid, AgentCompleted(session_id=sid, summary="done")))
+    return items
+
+
+def raw_conn(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE ev (seq INTEGER PRIMARY KEY, stream TEXT, type TEXT, payload BLOB)")
+    return conn
+
+
+def bench_raw_batch(tmp: Path, events: list[tuple[str, Any]], batch: int) -> float:
+    """Both sides start from the same event objects: the baseline serialises them with json.dumps."""
+    conn = raw_conn(tmp / f"raw{batch}.db")
+    t = time.perf_counter()
+    for i in range(0, len(events), batch):
+        rows = []
+        for s, e in events[i:i + batch]:
+            d = e.model_dump(mode="json")
+            rows.append((s, d["type"], json.dumps(d).encode()))
+        conn.execute("BEGIN")
+        conn.executemany("INSERT INTO ev (stream, type, payload) VALUES (?,?,?)", rows)
+        conn.execute("COMMIT")
+    dt = time.perf_counter() - t
+    conn.close()
+    return len(events) / dt
+
+
+def bench_raw_single_latency(tmp: Path, events: list[tuple[str, Any]]) -> float:
+    conn = raw_conn(tmp / "raw1.db")
+    lat = []
+    for s, e in events:
+        d = e.model_dump(mode="json")
+        t = time.perf_counter()
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO ev (stream, type, payload) VALUES (?,?,?)", (s, d["type"], json.dumps(d).encode()))
+        conn.execute("COMMIT")
+        lat.append(time.perf_counter() - t)
+    conn.close()
+    return median(lat) * 1000
+
+
+def bench_ours_concurrent(tmp: Path, events: list[tuple[str, Any]], appenders: int) -> float:
+    led = Ledger.open(tmp / "ours_conc.db")
+    chunks = [events[i::appenders] for i in range(appenders)]
+
+    async def worker(chunk: list[tuple[str, Any]]) -> None:
+        for s, e in chunk:
+            await led.append_async(s, e)
+
+    async def run() -> float:
+        t = time.perf_counter()
+        await asyncio.gather(*(worker(c) for c in chunks))
+        return time.perf_counter() - t
+
+    dt = asyncio.run(run())
+    assert led.verify().ok
+    led.close()
+    return len(events) / dt
+
+
+def bench_ours_single_latency(tmp: Path, events: list[tuple[str, Any]]) -> float:
+    led = Ledger.open(tmp / "ours_single.db")
+    lat = []
+    for s, e in events:
+        t = time.perf_counter()
+        led.append(s, e)
+        lat.append(time.perf_counter() - t)
+    led.close()
+    return median(lat) * 1000
+
+
+def es_recorder(path: Path) -> Any:
+    from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+
+    rec = SQLiteApplicationRecorder(SQLiteDatastore(str(path)))
+    rec.create_table()
+    return rec
+
+
+def bench_es_append(tmp: Path, events: list[tuple[str, Any]]) -> float:
+    from eventsourcing.persistence import StoredEvent
+
+    rec = es_recorder(tmp / "es_append.db")
+    versions: dict[str, int] = {}
+    ids: dict[str, uuid.UUID] = {}
+    t = time.perf_counter()
+    for s, e in events:
+        d = e.model_dump(mode="json")
+        versions[s] = versions.get(s, 0) + 1
+        oid = ids.setdefault(s, uuid.uuid5(uuid.NAMESPACE_URL, s))
+        rec.insert_events([StoredEvent(oid, versions[s], d["type"], json.dumps(d).encode())])
+    return len(events) / (time.perf_counter() - t)
+
+
+def bench_es_replay(tmp: Path, events: list[tuple[str, Any]]) -> dict[str, float]:
+    """eventsourcing reading back the same events: raw notifications, and an event-sourced rebuild."""
+    from eventsourcing.persistence import StoredEvent
+
+    rec = es_recorder(tmp / "es_replay.db")
+    versions: dict[str, int] = {}
+    batch = []
+    for s, e in events:
+        d = e.model_dump(mode="json")
+        versions[s] = versions.get(s, 0) + 1
+        batch.append(StoredEvent(uuid.uuid5(uuid.NAMESPACE_URL, s), versions[s], d["type"], json.dumps(d).encode()))
+        if len(batch) == 2000:
+            rec.insert_events(batch)
+            batch = []
+    if batch:
+        rec.insert_events(batch)
+    # (a) read back every notification
+    t = time.perf_counter()
+    start, total = 1, 0
+    while True:
+        ns = rec.select_notifications(start, 1000)
+        if not ns:
+            break
+        total += len(ns)
+        start = ns[-1].id + 1
+    read_rate = total / (time.perf_counter() - t)
+    # (b) rebuild the same per-session state from the read-back events (decode + fold), like our replay
+    t = time.perf_counter()
+    state: dict[Any, dict[str, Any]] = {}
+    start = 1
+    while True:
+        ns = rec.select_notifications(start, 1000)
+        if not ns:
+            break
+        for n in ns:
+            d = json.loads(n.state)
+            st = state.setdefault(n.originator_id, {"tokens": 0, "cost": 0.0, "tools": 0, "status": "running"})
+            if n.topic == "output.received":
+                st["tokens"] += d["tokens"]["input"] + d["tokens"]["output"]
+                st["cost"] += d["cost_usd"]
+            elif n.topic == "tool.called":
+                st["tools"] += 1
+            elif n.topic == "agent.completed":
+                st["status"] = "completed"
+        start = ns[-1].id + 1
+    rebuild_rate = total / (time.perf_counter() - t)
+    return {"read": read_rate, "rebuild": rebuild_rate}
+
+
+def bench_ours_replay(tmp: Path, events: list[tuple[str, Any]]) -> float:
+    led = Ledger.open(tmp / "ours_replay.db")
+    for i in range(0, len(events), 5000):
+        led.append_many(events[i:i + 5000])
+    t = time.perf_counter()
+    report = led.replay()
+    dt = time.perf_counter() - t
+    assert led.replay(check=True).ok
+    led.close()
+    return report.events / dt
+
+
+def build_big(path: Path, n: int) -> tuple[int, int]:
+    """A ledger of n ~300-byte events; returns (payload bytes, entries)."""
+    led = Ledger.open(path, durable=False)
+    sess = [f"sess-{i:06d}" for i in range(n // 100 + 1)]
+    step = 20000
+    for i in range(0, n, step):
+        led.append_many([(sess[j // 100], tool_event(j, sess[j // 100])) for j in range(i, min(n, i + step))])
+        print(f"  built {min(n, i + step)}/{n}", file=sys.stderr, end="\r")
+    print(file=sys.stderr)
+    led.close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pbytes = conn.execute("SELECT SUM(LENGTH(payload)) FROM entries").fetchone()[0]
+    conn.close()
+    return pbytes, n
+
+
+def bench_sha256_baseline(path: Path) -> float:
+    conn = sqlite3.connect(path)
+    sha = hashlib.sha256
+    t = time.perf_counter()
+    n = 0
+    for (payload,) in conn.execute("SELECT payload FROM entries ORDER BY seq"):
+        sha(payload).digest()
+        n += 1
+    dt = time.perf_counter() - t
+    conn.close()
+    return n / dt
+
+
+def bench_verify_subprocess(path: Path) -> dict[str, float]:
+    code = (
+        "import resource,sys,time,json; from ledger import Ledger; led=Ledger.open(sys.argv[1],create=False); "
+        "t=time.perf_counter(); r=led.verify(); dt=time.perf_counter()-t; "
+        "print(json.dumps({'ok':r.ok,'entries':r.entries,'seconds':dt,"
+        "'peak_rss_mb':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))"
+    )
+    root = Path(__file__).resolve().parent.parent
+    res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True, cwd=root)
+    return json.loads(res.stdout)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--verify-events", type=int, default=1_000_000)
+    ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    ap.add_argument("--tmp", type=Path, default=None)
+    args = ap.parse_args()
+    n_conc = 5_000 if args.quick else 30_000
+    n_lat = 300 if args.quick else 1_500
+    n_es = 1_000 if args.quick else 4_000
+    n_replay = 10_000 if args.quick else 100_000
+    n_verify = 20_000 if args.quick else args.verify_events
+    tmp = Path(tempfile.mkdtemp(prefix="ledger-bench-", dir=args.tmp))
+    os.environ.setdefault("LEDGER_KEYS_DIR", str(tmp / "keys"))
+    r: dict[str, Any] = {"sizes": {"concurrent": n_conc, "latency": n_lat, "eventsourcing_append": n_es,
+                                   "replay": n_replay, "verify": n_verify}}
+    try:
+        events = lifecycle(n_conc // 20, 20)
+        print("raw sqlite3, 100 per transaction ...", file=sys.stderr)
+        raw100 = bench_raw_batch(tmp, events, 100)
+        print("ours, 64 concurrent appenders ...", file=sys.stderr)
+        ours64 = bench_ours_concurrent(tmp, events, 64)
+        r["append_concurrent_events_per_s"] = round(ours64)
+        r["sqlite_batch100_events_per_s"] = round(raw100)
+        r["append_concurrent_vs_sqlite_batch100"] = round(ours64 / raw100, 3)
+
+        print("single-append latency ...", file=sys.stderr)
+        raw_lat = bench_raw_single_latency(tmp, events[:n_lat])
+        our_lat = bench_ours_single_latency(tmp, events[:n_lat])
+        r["append_single_latency_ms"] = round(our_lat, 4)
+        r["sqlite_txn_latency_ms"] = round(raw_lat, 4)
+        r["append_single_latency_vs_sqlite_txn"] = round(our_lat / raw_lat, 3)
+
+        print("eventsourcing, one event per call ...", file=sys.stderr)
+        es_rate = bench_es_append(tmp, events[:n_es])
+        r["eventsourcing_append_events_per_s"] = round(es_rate)
+        r["append_vs_eventsourcing"] = round(ours64 / es_rate, 3)
+        r["append_vs_eventsourcing_note"] = ("ours: each call appends one event, 64 callers at once (group commit); "
+                                             "eventsourcing: one event per insert_events call")
+
+        print("replay ...", file=sys.stderr)
+        rev = lifecycle(n_replay // 20, 20)
+        es = bench_es_replay(tmp, rev)
+        ours_replay = bench_ours_replay(tmp, rev)
+        r["replay_events_per_s"] = round(ours_replay)
+        r["eventsourcing_rebuild_events_per_s"] = round(es["rebuild"])
+        r["eventsourcing_read_events_per_s"] = round(es["read"])
+        r["replay_vs_eventsourcing"] = round(ours_replay / es["rebuild"], 3)
+        r["replay_vs_eventsourcing_raw_read"] = round(ours_replay / es["read"], 3)
+
+        print(f"verify over {n_verify} events (building the ledger first) ...", file=sys.stderr)
+        big = tmp / "big.db"
+        pbytes, n = build_big(big, n_verify)
+        sha_rate = bench_sha256_baseline(big)
+        v = bench_verify_subprocess(big)
+        assert v["ok"] and v["entries"] == n, v
+        r["verify_events_per_s"] = round(n / v["seconds"])
+        r["verify_seconds"] = round(v["seconds"], 3)
+        r["verify_peak_rss_mb"] = round(v["peak_rss_mb"], 1)
+        r["sha256_events_per_s"] = round(sha_rate)
+        r["verify_vs_pure_sha256"] = round((n / v["seconds"]) / sha_rate, 3)
+        db_bytes = big.stat().st_size
+        r["db_bytes"] = db_bytes
+        r["payload_bytes_mean"] = round(pbytes / n, 1)
+        r["bytes_per_event"] = round(db_bytes / n, 1)
+        r["bytes_per_event_vs_payload"] = round(db_bytes / pbytes, 3)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    r["targets"] = {k: f"{op} {v}" for k, (op, v) in TARGETS.items()}
+    r["met"] = {k: (r[k] >= v if op == ">=" else r[k] <= v) for k, (op, v) in TARGETS.items() if k in r}
+    path = write_results("ledger" if not args.quick else "ledger.quick", r)
+    for k in TARGETS:
+        if k in r:
+            print(f"{k:42s} {r[k]:>8}  (target {TARGETS[k][0]} {TARGETS[k][1]}) {'ok' if r['met'][k] else 'MISSED'}")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
