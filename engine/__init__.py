@@ -1,0 +1,1 @@
+"""The engine: runs delegated work in real OpenCode servers."""

@@ -1,0 +1,106 @@
+"""From an approved delegation to OpenCode permission rules, and answers to `permission.asked`.
+
+The constitution is enforced while the agent runs, not only at the door (GATE_RULES.md, "From
+verdict to runtime"). With structured scopes, each OpenCode permission is allowed only when a
+scope grants its action: `fs/read`, `fs/write` (edit), `shell/exec` or `shell#exec` (bash),
+`net/fetch` (webfetch). With free-text capabilities only (ct_dev compatibility), the agent may read
+and edit inside its project and run commands; fetching from the network, leaving the project
+directory and anything unknown are refused. Every question OpenCode asks is answered by
+`PermissionPolicy.decide`, and the engine records the answer; nothing waits for a human.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from schemas.requests import SpawnRequest
+
+Reply = Literal["once", "always", "reject"]
+
+#: OpenCode permission -> the scope action that grants it
+_ACTION_OF = {
+    "read": "fs/read",
+    "list": "fs/read",
+    "glob": "fs/read",
+    "grep": "fs/read",
+    "edit": "fs/write",
+    "write": "fs/write",
+    "bash": "shell/exec",
+    "webfetch": "net/fetch",
+    "websearch": "net/fetch",
+    "task": "agent/delegate",
+    "external_directory": "fs/external",
+}
+_ALIASES = {"shell#exec": "shell/exec", "net#fetch": "net/fetch"}
+
+
+def _granted_actions(scopes: list[str]) -> set[str]:
+    actions = set()
+    for s in scopes:
+        resource, _, action = s.partition("#")
+        actions.add(action)
+        base = resource.split(":", 1)[0]
+        if base in ("shell", "net", "agent"):
+            actions.add(f"{base}/{action}")
+    return actions
+
+
+def _covers(actions: set[str], wanted: str) -> bool:
+    parts = wanted.split("/")
+    return any(wanted == a or "/".join(parts[: len(a.split("/"))]) == a for a in actions)
+
+
+@dataclass(frozen=True)
+class PermissionPolicy:
+    """The runtime permissions of one agent, derived from its approved request."""
+
+    rules: dict[str, str]
+    reasons: dict[str, str] = field(default_factory=dict)
+    constraints: tuple[str, ...] = ()
+
+    @classmethod
+    def from_request(cls, request: SpawnRequest) -> PermissionPolicy:
+        dc = request.delegation_context
+        constraints = tuple(dc.constraints)
+        rules: dict[str, str] = {}
+        reasons: dict[str, str] = {}
+        if dc.scopes is not None:
+            actions = _granted_actions(dc.scopes)
+            for perm, action in _ACTION_OF.items():
+                ok = _covers(actions, action)
+                rules[perm] = "allow" if ok else "deny"
+                reasons[perm] = (f"scope grants {action}" if ok else
+                                 f"no scope of the delegation grants {action} (scopes: {', '.join(dc.scopes)})")
+        else:
+            for perm in ("read", "list", "glob", "grep", "edit", "write", "bash"):
+                rules[perm] = "allow"
+                reasons[perm] = "free-text capability: allowed inside the project directory"
+            for perm in ("webfetch", "websearch", "external_directory"):
+                rules[perm] = "deny"
+                reasons[perm] = "free-text capability: no network and nothing outside the project directory"
+            rules["task"] = "deny"
+            reasons["task"] = "nested delegation goes through the ledger's spawn_agent tool, not OpenCode's task"
+        rules["doom_loop"] = "deny"
+        reasons["doom_loop"] = "repeated identical tool calls are refused"
+        lowered = " ".join(constraints).lower()
+        if any(k in lowered for k in ("no shell", "no bash", "read-only", "read only")):
+            for perm in ("bash", "edit", "write") if "read" in lowered else ("bash",):
+                rules[perm] = "deny"
+                reasons[perm] = f"constraint forbids it: {constraints}"
+        return cls(rules, reasons, constraints)
+
+    def opencode_config(self) -> dict[str, Any]:
+        """The `permission` block of the agent's OpenCode config."""
+        cfg: dict[str, Any] = {k: v for k, v in self.rules.items() if k in
+                               ("edit", "bash", "webfetch", "external_directory", "doom_loop", "read", "task")}
+        return cfg
+
+    def decide(self, permission: str, patterns: list[str] | None = None) -> tuple[Reply, str]:
+        """Answer one `permission.asked`: ('once' | 'reject', the reason recorded on the ledger)."""
+        rule = self.rules.get(permission)
+        if rule == "allow":
+            return "once", self.reasons.get(permission, "allowed by the delegation")
+        if rule is None:
+            return "reject", f"permission {permission!r} is not granted by the delegation (unknown to the policy)"
+        return "reject", self.reasons.get(permission, "denied by the delegation")

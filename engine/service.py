@@ -1,0 +1,239 @@
+"""DelegationService: the one place where a delegation request becomes a supervised agent.
+
+    1. record the request as received (even a malformed one)
+    2. build the chain context from the ledger (the parent comes from the caller's token)
+    3. gate.evaluate(request, context, now, constitution)            -- pure
+    4. record the decision (approvals and refusals alike)
+    5. queue the agent with the AgentManager; return the session id at once
+Ingress adapters (MCP tools, CLI) only parse, call this, and render.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import logfire
+
+import gate
+from engine.backend import AgentBackend, AgentSpec
+from engine.chain_context import build_context
+from engine.manager import AgentManager, Supervised
+from engine.permissions import PermissionPolicy
+from engine.refusals import DelegationRefused, NotAllowed, SessionNotRunning, UnknownSession
+from engine.roles import Role, load_catalogue
+from engine.settings import EngineSettings
+from engine.tokens import OPERATOR, SessionTokens
+from ledger import Ledger, canonical_bytes
+from ledger.errors import PayloadError
+from schemas.events import (
+    TERMINAL_STATUSES,
+    AgentSpawned,
+    DelegationRequested,
+    DelegationRevoked,
+    GateDecided,
+    MessageSent,
+    OperatorNote,
+    Verdict,
+)
+from schemas.requests import SpawnRequest
+from schemas.state import SessionState
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def compose_prompt(req: SpawnRequest, role: Role | None) -> str:
+    """The instructions sent to the agent: the task, what to return, the context, the constraints."""
+    dc = req.delegation_context
+    parts = [req.instructions.strip()]
+    if req.expected_output:
+        parts.append(f"Expected output: {req.expected_output.strip()}")
+    if req.context:
+        parts.append("Context:\n" + "\n".join(f"- {k}: {v}" for k, v in req.context.items()))
+    parts.append(f"You act as {req.role} for {dc.delegator}, on task {req.original_task.task_id} "
+                 f"({req.original_task.title}) under the authority of {req.cap_origin.ultimate_authority}.")
+    if dc.constraints:
+        parts.append("Constraints you must respect:\n" + "\n".join(f"- {c}" for c in dc.constraints))
+    if dc.scopes:
+        parts.append("Your delegated scopes: " + ", ".join(dc.scopes))
+    return "\n\n".join(parts)
+
+
+class DelegationService:
+    def __init__(self, ledger: Ledger, settings: EngineSettings, backend: AgentBackend,
+                 constitution: gate.Constitution, *, tokens: SessionTokens | None = None,
+                 clock: Callable[[], datetime] = _utcnow, agent_mcp_url: str | None = None) -> None:
+        self.ledger = ledger
+        self.settings = settings
+        self.backend = backend
+        self.constitution = constitution
+        self.tokens = tokens or SessionTokens()
+        self.clock = clock
+        self.agent_mcp_url = agent_mcp_url
+        self.manager = AgentManager(ledger, backend, max_concurrent=settings.max_concurrent,
+                                    on_finished=self._finished)
+
+    async def _finished(self, session_id: str) -> None:
+        self.tokens.revoke(session_id)
+
+    # -- roles ---------------------------------------------------------------------------------
+    def roles(self, project_directory: str | None) -> dict[str, Role]:
+        return load_catalogue(project_directory, self.settings.roles_dirs)
+
+    # -- decide --------------------------------------------------------------------------------
+    def parent_of(self, caller: str | None) -> str | None:
+        """The parent session of a call: the session the caller's token belongs to (never a claim)."""
+        return None if caller in (None, OPERATOR) else caller
+
+    def judge(self, raw: dict[str, Any], parent: str | None) -> Verdict:
+        """Run the gate against the current ledger and constitution (no recording)."""
+        project = raw.get("project_directory") if isinstance(raw.get("project_directory"), str) else None
+        known = frozenset(self.roles(project))
+        ctx = build_context(self.ledger, raw, parent, known)
+        return gate.evaluate(raw, ctx, self.clock(), self.constitution)
+
+    async def spawn(self, raw: dict[str, Any], *, caller: str | None = None, via: str = "mcp") -> tuple[str, Verdict]:
+        """Judge, record and (when approved) queue a delegation; returns (session id, verdict) at once."""
+        parent = self.parent_of(caller)
+        if parent is not None:
+            pstate = self.ledger.session(parent)
+            if pstate is None:
+                raise NotAllowed(f"the calling session {parent} is unknown to the ledger")
+        session_id = str(uuid.uuid4())
+        with logfire.span("delegation.spawn", session_id=session_id, parent=parent, role=str(raw.get("role"))):
+            try:
+                request_copy = dict(raw)
+                canonical_bytes(request_copy)
+            except PayloadError:
+                request_copy = {"unrepresentable": repr(raw)[:4000]}
+            await self.ledger.append_async(session_id, DelegationRequested(
+                request=request_copy, via=via,  # type: ignore[arg-type]
+                caller=caller, parent_session_id=parent))
+            with logfire.span("gate.evaluate", session_id=session_id) as span:
+                verdict = self.judge(raw, parent)
+                span.set_attribute("decision", verdict.decision)
+                span.set_attribute("rules", [f.rule for f in verdict.violations])
+            depth = 0 if parent is None else (self.ledger.session(parent).depth + 1)  # type: ignore[union-attr]
+            await self.ledger.append_async(session_id, GateDecided(
+                verdict=verdict, task_id=str(raw.get("task_id")) if raw.get("task_id") is not None else None,
+                role=str(raw.get("role")) if raw.get("role") is not None else None,
+                parent_session_id=parent, depth=depth,
+                request_hash=hashlib.sha256(canonical_bytes(request_copy)).hexdigest()))
+            if verdict.decision != "approved":
+                raise DelegationRefused(session_id, verdict)
+            req = SpawnRequest.model_validate(raw)
+            self._queue(session_id, req, parent, depth)
+        return session_id, verdict
+
+    def _queue(self, session_id: str, req: SpawnRequest, parent: str | None, depth: int) -> None:
+        dc = req.delegation_context
+        policy = PermissionPolicy.from_request(req)
+        budget = dc.budget
+        default = self.constitution.default_budget
+        max_tokens = (budget.max_tokens if budget and budget.max_tokens is not None
+                      else (default.max_tokens if default else None))
+        max_cost = (budget.max_cost_usd if budget and budget.max_cost_usd is not None
+                    else (default.max_cost_usd if default else None))
+        root = session_id if parent is None else self.ledger.session(parent).root_session_id  # type: ignore[union-attr]
+        timeout = req.timeout_seconds or self.settings.default_timeout_s
+        if dc.expires_at is not None:
+            timeout = max(0.001, min(timeout, (dc.expires_at - self.clock()).total_seconds()))
+        role = self.roles(req.project_directory).get(req.role)
+        token = self.tokens.issue(session_id)
+        model = req.model if req.model and "/" in req.model else self.settings.model
+        spec = AgentSpec(session_id=session_id, role=req.role, title=req.title or f"{req.role}: {req.original_task.title}",
+                         prompt=compose_prompt(req, role), project_directory=req.project_directory,
+                         model=model, permission=policy.opencode_config(),
+                         system=role.prompt if role else None, mcp_url=self.agent_mcp_url, mcp_token=token,
+                         metadata={"delegation_session": session_id, "task_id": req.task_id})
+        spawned = AgentSpawned(session_id=session_id, task_id=req.task_id, role=req.role, parent_session_id=parent,
+                               root_session_id=root, depth=depth, principal=dc.delegated_to, delegator=dc.delegator,
+                               model=req.model, project_directory=req.project_directory, max_tokens=max_tokens,
+                               max_cost_usd=max_cost, expires_at=dc.expires_at, timeout_seconds=timeout,
+                               permissions=policy.rules)
+        self.manager.submit(Supervised(session_id=session_id, spec=spec, policy=policy, spawned=spawned,
+                                       timeout_s=timeout))
+
+    # -- act on sessions ---------------------------------------------------------------------------
+    def state(self, session_id: str) -> SessionState:
+        st = self.ledger.session(session_id)
+        if st is None:
+            raise UnknownSession(session_id)
+        return st
+
+    def check_access(self, caller: str | None, session_id: str) -> SessionState:
+        """A sub-agent may act only on its own subtree; the main agent (no token) on everything."""
+        st = self.state(session_id)
+        parent = self.parent_of(caller)
+        if parent is None:
+            return st
+        node: SessionState | None = st
+        seen: set[str] = set()
+        while node is not None and node.session_id not in seen:
+            if node.session_id == parent:
+                return st
+            seen.add(node.session_id)
+            node = self.ledger.session(node.parent_session_id) if node.parent_session_id else None
+        raise NotAllowed(f"session {parent} may only act on its own delegations; {session_id} is not one of them")
+
+    async def wait(self, session_id: str, timeout: float | None, caller: str | None = None) -> tuple[SessionState, bool]:
+        """Wait until the session is terminal or `timeout` passes; the caller's slot serves others meanwhile."""
+        self.check_access(caller, session_id)
+        async with self.manager.lend_slot(self.parent_of(caller)):
+            done = await self.manager.wait(session_id, timeout)
+        return self.state(session_id), done
+
+    async def send(self, session_id: str, text: str, caller: str | None = None) -> None:
+        st = self.check_access(caller, session_id)
+        if st.status in TERMINAL_STATUSES:
+            raise SessionNotRunning(f"session {session_id} is {st.status}; spawn a new delegation instead")
+        await self.ledger.append_async(session_id, MessageSent(session_id=session_id, text=text,
+                                                               sender=caller or "delegator"))
+        await self.manager.send(session_id, text)
+
+    async def stop(self, session_id: str, reason: str, by: str | None) -> SessionState:
+        self.check_access(by, session_id)
+        await self.manager.stop(session_id, reason, by or "delegator")
+        return self.state(session_id)
+
+    def subtree(self, session_id: str) -> list[str]:
+        out: list[str] = []
+        stack = list(self.state(session_id).children)
+        while stack:
+            sid = stack.pop()
+            if sid in out:
+                continue
+            out.append(sid)
+            st = self.ledger.session(sid)
+            if st is not None:
+                stack.extend(st.children)
+        return out
+
+    async def revoke(self, session_id: str, reason: str, by: str | None) -> list[str]:
+        """Revoke a delegation and its whole subtree: record it, then stop every live agent in it."""
+        self.check_access(by, session_id)
+        subtree = self.subtree(session_id)
+        await self.ledger.append_async(session_id, DelegationRevoked(session_id=session_id, by=by or "delegator",
+                                                                     reason=reason, subtree=subtree))
+        await asyncio.gather(*(self.manager.stop(sid, f"revoked: {reason}", by or "delegator")
+                               for sid in [session_id, *subtree]), return_exceptions=True)
+        return [session_id, *subtree]
+
+    def tree(self, session_id: str) -> dict[str, Any]:
+        st = self.state(session_id)
+        return {**st.model_dump(), "children": [self.tree(c) for c in st.children if self.ledger.session(c)]}
+
+    def outputs(self, session_id: str) -> list[dict[str, Any]]:
+        return [e.data() or {} for e in self.ledger.entries(stream=session_id, types=["output.received"])]
+
+    async def note(self, stream: str, text: str, by: str) -> None:
+        await self.ledger.append_async(stream, OperatorNote(text=text, by=by))
+
+    async def shutdown(self) -> None:
+        await self.manager.shutdown()
