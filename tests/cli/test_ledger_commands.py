@@ -1,0 +1,165 @@
+"""The `ledger` CLI for operators and auditors: exit codes, --json, and what each command does."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import sqlite3
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ledger import Entry, Ledger, verify_entries
+from schemas.events import AgentCompleted, AgentSpawned, GateDecided, OutputReceived, Tokens, Verdict
+
+
+def _finished_session(led: Ledger, sid: str) -> None:
+    v = Verdict(decision="approved", profile="default", ruleset_hash="sha256:x")
+    led.append(sid, GateDecided(verdict=v, task_id="T-1", role="tester"))
+    led.append(sid, AgentSpawned(session_id=sid, task_id="T-1", role="tester", root_session_id=sid,
+                                 principal="tester", delegator="pm"))
+    led.append(sid, OutputReceived(session_id=sid, text="all green " * 30, tokens=Tokens(input=40, output=10),
+                                   cost_usd=0.002))
+    led.append(sid, AgentCompleted(session_id=sid, summary="done"))
+
+
+class TestInitAndVerify:
+    def test_init_creates_database_and_private_key(self, run: Any, keys_dir: Path) -> None:
+        """`ledger init` creates the database and an Ed25519 key with mode 0600 outside it."""
+        info = run.json("init")
+        key = Path(info["key"])
+        assert Path(info["db"]).exists() and key.exists() and key.parent == keys_dir
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        assert key.read_text().startswith("PRIVATE+KEY+")
+
+    def test_verify_passes_then_names_the_tampered_seq(self, run: Any) -> None:
+        """verify exits 0 on an intact ledger and 1 with the first bad seq after a payload is edited."""
+        run("init")
+        for i in range(5):
+            run("note", "--stream", "s1", "--text", f"note {i}", "--by", "ops")
+        run("checkpoint")
+        assert run.json("verify")["ok"] is True
+        conn = sqlite3.connect(run.db)
+        conn.execute("UPDATE entries SET payload = CAST(REPLACE(CAST(payload AS TEXT), 'note 2', 'note X') AS BLOB)"
+                     " WHERE seq = 3")
+        conn.commit()
+        conn.close()
+        report = run.json("verify", code=1)
+        assert report["first_bad_seq"] == 3 and report["problem"] == "payload_altered"
+        human = run("verify", code=1).stdout
+        assert "TAMPERED at seq 3" in human
+
+    def test_missing_database_is_bad_input(self, run: Any) -> None:
+        """Commands on a ledger that does not exist exit 2 and say how to create it."""
+        result = run("verify", code=2)
+        assert "ledger init" in result.output
+
+    def test_checkpoint_prints_a_signed_note(self, run: Any) -> None:
+        """`ledger checkpoint` prints origin, size, root, head, a blank line and a signature line."""
+        run("init")
+        run("note", "--stream", "s", "--text", "t", "--by", "ops")
+        lines = run("checkpoint").stdout.splitlines()
+        assert lines[0].startswith("delegation-ledger/") and lines[1] == "1"
+        assert lines[3].startswith("head ") and lines[4] == "" and lines[5].startswith("\u2014 ")
+
+
+class TestQueries:
+    def test_events_filters_by_type_and_stream(self, run: Any) -> None:
+        """`ledger events --type` and `--stream` return only matching events, oldest first."""
+        run("init")
+        with Ledger.open(run.db) as led:
+            _finished_session(led, "sess-a")
+            _finished_session(led, "sess-b")
+        evs = run.json("events", "--type", "output.received")
+        assert [e["stream"] for e in evs] == ["sess-a", "sess-b"]
+        evs = run.json("events", "--stream", "sess-b")
+        assert {e["stream"] for e in evs} == {"sess-b"} and len(evs) == 4
+        assert run.json("events", "--task", "T-1", "--limit", "2")[-1]["type"] == "agent.completed"
+
+    def test_unknown_event_type_is_bad_input(self, run: Any) -> None:
+        """An unknown --type exits 2 and lists the known types."""
+        run("init")
+        assert "agent.spawned" in run("events", "--type", "bogus", code=2).output
+
+    def test_sessions_and_show(self, run: Any) -> None:
+        """`sessions` lists projected state; `show` a session with its events; --active hides ended ones."""
+        run("init")
+        with Ledger.open(run.db) as led:
+            _finished_session(led, "sess-a")
+        sessions = run.json("sessions")
+        assert sessions[0]["status"] == "completed" and sessions[0]["tokens_used"] == 50
+        assert run.json("sessions", "--active") == []
+        shown = run.json("show", "sess-a")
+        assert shown["session"]["session_id"] == "sess-a" and len(shown["events"]) == 4
+        run("show", "nope", code=2)
+
+    def test_export_is_reverifiable_anywhere(self, run: Any, tmp_path: Path) -> None:
+        """`ledger export` writes JSON Lines that verify_entries accepts as a chain."""
+        run("init")
+        with Ledger.open(run.db) as led:
+            _finished_session(led, "s")
+        out = tmp_path / "export.jsonl"
+        run("export", "--out", str(out))
+        entries = [Entry.from_json(json.loads(line)) for line in out.read_text().splitlines()]
+        assert len(entries) == 4 and verify_entries(entries).ok
+
+    def test_note_records_who_and_what(self, run: Any) -> None:
+        """`ledger note` appends an operator.note with its author."""
+        run("init")
+        entry = run.json("note", "--stream", "s9", "--text", "checked the refusal", "--by", "alice",
+                         "--kind", "oversight")
+        assert entry["payload"] == {"type": "operator.note", "text": "checked the refusal", "by": "alice",
+                                    "kind": "oversight"}
+
+
+class TestPruneAndReplay:
+    def test_prune_archives_and_verify_still_passes(self, run: Any, tmp_path: Path) -> None:
+        """prune --older-than removes payloads into an archive; verify and verify --archive pass."""
+        run("init")
+        with Ledger.open(run.db) as led:
+            for i in range(20):
+                _finished_session(led, f"s{i}")
+        assert run.json("prune", "--before", "2000-01-01")["entries"] == 0
+        dry = run.json("prune", "--older-than", "0s", "--dry-run")
+        assert dry["entries"] == 80 and dry["dry_run"] is True
+        archive = tmp_path / "a.jsonl.gz"
+        report = run.json("prune", "--older-than", "0s", "--archive", str(archive))
+        assert report["entries"] == 80 and report["db_bytes_after"] < report["db_bytes_before"]
+        with gzip.open(archive, "rt") as fh:
+            assert sum(1 for _ in fh) == 81  # header + entries
+        ok = run.json("verify", "--archive", str(archive))
+        assert ok["ok"] and ok["pruned_payloads"] == 80 and ok["archives"][0]["checked"] == 80
+        assert run.json("replay", "--check")["ok"] is True
+
+    def test_bad_duration_is_bad_input(self, run: Any) -> None:
+        """A malformed --older-than exits 2 with the expected form."""
+        run("init")
+        assert "30d" in run("prune", "--older-than", "thirty days", code=2).output
+        run("prune", code=2)
+
+    def test_replay_check_reports_drift_and_replay_repairs_it(self, run: Any) -> None:
+        """replay --check exits 1 naming the session and field; replay rebuilds; the check then passes."""
+        run("init")
+        with Ledger.open(run.db) as led:
+            _finished_session(led, "s1")
+        conn = sqlite3.connect(run.db)
+        conn.execute("UPDATE sessions SET state = json_set(state, '$.tokens_used', 999999)")
+        conn.commit()
+        conn.close()
+        report = run.json("replay", "--check", code=1)
+        assert report["drift"][0]["session_id"] == "s1" and report["drift"][0]["field"] == "tokens_used"
+        run("replay")
+        assert run.json("replay", "--check")["ok"] is True
+
+
+def test_console_script_runs_as_a_process(tmp_path: Path) -> None:
+    """The installed `ledger` entry point works as a separate process (exit codes included)."""
+    env = {**os.environ, "LEDGER_DB": str(tmp_path / "p.db"), "LEDGER_KEYS_DIR": str(tmp_path / "k")}
+    exe = Path(sys.executable).with_name("ledger")
+    assert subprocess.run([exe, "init"], env=env, capture_output=True, check=False).returncode == 0
+    res = subprocess.run([exe, "--json", "verify"], env=env, capture_output=True, text=True, check=False)
+    assert res.returncode == 0 and json.loads(res.stdout)["ok"] is True
+    assert subprocess.run([exe, "prune"], env=env, capture_output=True, check=False).returncode == 2
