@@ -14,6 +14,7 @@ with COMMAND's status. This is why no `opencode` process can outlive the engine 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -51,18 +52,14 @@ def group_members(pgid: int) -> list[int]:
 
 def _kill_others(sig: int) -> None:
     for pid in group_members(os.getpgrp()):
-        try:
+        with contextlib.suppress(OSError):
             os.kill(pid, sig)
-        except OSError:
-            pass
 
 
 def _end_group(child: subprocess.Popen[bytes], grace: float) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
+    with contextlib.suppress(OSError):
         os.killpg(os.getpgrp(), signal.SIGTERM)
-    except OSError:
-        pass
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
         if child.poll() is not None and not group_members(os.getpgrp()):

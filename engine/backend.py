@@ -30,6 +30,7 @@ class AgentSpec:
 
 # -- normalised agent events -------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ToolUse:
     tool: str
@@ -85,8 +86,9 @@ class RunningAgent(Protocol):
 
 class AgentBackend(Protocol):
     async def start(self, spec: AgentSpec) -> RunningAgent: ...
-    async def attach(self, server_url: str, opencode_session_id: str, pid: int | None,
-                     session_id: str) -> RunningAgent | None: ...
+    async def attach(
+        self, server_url: str, opencode_session_id: str, pid: int | None, session_id: str
+    ) -> RunningAgent | None: ...
     async def agents(self, project_directory: str | None) -> list[dict[str, Any]]: ...
     async def providers(self) -> dict[str, Any]: ...
     async def close(self) -> None: ...

@@ -45,24 +45,40 @@ def ancestry(ledger: Ledger, parent_session_id: str | None) -> list[SessionState
 def directory_facts(path: Any) -> DirectoryFacts | None:
     if not isinstance(path, str) or not path:
         return None
-    return DirectoryFacts(path=path, exists=os.path.exists(path), is_dir=os.path.isdir(path),
-                          real_path=os.path.realpath(path) if os.path.exists(path) else None)
+    return DirectoryFacts(
+        path=path,
+        exists=os.path.exists(path),
+        is_dir=os.path.isdir(path),
+        real_path=os.path.realpath(path) if os.path.exists(path) else None,
+    )
 
 
-def build_context(ledger: Ledger, raw: dict[str, Any], parent_session_id: str | None,
-                  known_roles: frozenset[str] | None) -> ChainContext:
+def build_context(
+    ledger: Ledger, raw: dict[str, Any], parent_session_id: str | None, known_roles: frozenset[str] | None
+) -> ChainContext:
     hops = []
     for state in ancestry(ledger, parent_session_id):
         request = recorded_request(ledger, state.session_id)
         if request is None:
             continue
         expires = None
-        hops.append(Hop(state.session_id, SpawnRequest.model_validate(request), revoked=state.revoked,
-                        budget_remaining=remaining(state), expires_at=expires))
+        hops.append(
+            Hop(
+                state.session_id,
+                SpawnRequest.model_validate(request),
+                revoked=state.revoked,
+                budget_remaining=remaining(state),
+                expires_at=expires,
+            )
+        )
     revoked = frozenset(s.session_id for s in ledger.sessions() if s.revoked)
-    return ChainContext(parents=tuple(hops), revoked_sessions=revoked,
-                        directory=directory_facts(raw.get("project_directory")),
-                        known_roles=known_roles, ledger_head=ledger.head().hex)
+    return ChainContext(
+        parents=tuple(hops),
+        revoked_sessions=revoked,
+        directory=directory_facts(raw.get("project_directory")),
+        known_roles=known_roles,
+        ledger_head=ledger.head().hex,
+    )
 
 
 def parse_time(value: str | None) -> datetime | None:

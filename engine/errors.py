@@ -54,7 +54,9 @@ class OpenCodeStartError(OpenCodeError):
 class OpenCodeHTTPError(OpenCodeError):
     """An API call failed: ``status`` is the HTTP status, or None when no answer came at all."""
 
-    def __init__(self, method: str, path: str, status: int | None, body: Any = None, *, reason: str = "") -> None:
+    def __init__(
+        self, method: str, path: str, status: int | None, body: Any = None, *, reason: str = ""
+    ) -> None:
         got = f"HTTP {status}" if status is not None else f"no answer ({reason or 'transport error'})"
         super().__init__(f"OpenCode {method} {path} failed (got {got})")
         self.method = method
@@ -68,7 +70,7 @@ class OpenCodeHTTPError(OpenCodeError):
         return f"{self}{body}"
 
 
-class OpenCodeTimeout(OpenCodeError):
+class OpenCodeTimeout(OpenCodeError):  # noqa: N818 - the name the engine's callers use
     """Waited ``seconds`` for ``what`` and it did not happen."""
 
     def __init__(self, what: str, seconds: float, *, log_tail: str = "") -> None:

@@ -16,7 +16,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.backend import AgentBackend, AgentSpec, Failure, Idle, Output, PermissionAsk, RunningAgent, ToolUse
+from engine.backend import (
+    AgentBackend,
+    AgentSpec,
+    Failure,
+    Idle,
+    Output,
+    PermissionAsk,
+    RunningAgent,
+    ToolUse,
+)
 from engine.permissions import PermissionPolicy
 from ledger import Ledger
 from schemas.events import (
@@ -64,8 +73,14 @@ class Stats:
 
 
 class AgentManager:
-    def __init__(self, ledger: Ledger, backend: AgentBackend, *, max_concurrent: int = 5,
-                 on_finished: Callable[[str], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        backend: AgentBackend,
+        *,
+        max_concurrent: int = 5,
+        on_finished: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1 (got {max_concurrent})")
         self.ledger = ledger
@@ -91,7 +106,9 @@ class AgentManager:
         st = self.stats
         return {
             "max_concurrent": self.max_concurrent,
-            "running": sum(1 for s in self._agents.values() if s.started_at is not None and not s.done.is_set()),
+            "running": sum(
+                1 for s in self._agents.values() if s.started_at is not None and not s.done.is_set()
+            ),
             "holding_slots": len(self.running()),
             "queued": len(self.queued()),
             "completed": st.completed,
@@ -106,8 +123,13 @@ class AgentManager:
         sup = self._agents.get(session_id)
         if sup is None or sup.agent is None:
             return {"session_id": session_id, "alive": False, "supervised": sup is not None}
-        return {"session_id": session_id, "alive": await sup.agent.alive(), "supervised": True,
-                "server_url": sup.agent.server_url, "pid": sup.agent.pid}
+        return {
+            "session_id": session_id,
+            "alive": await sup.agent.alive(),
+            "supervised": True,
+            "server_url": sup.agent.server_url,
+            "pid": sup.agent.pid,
+        }
 
     # -- lifecycle -------------------------------------------------------------------------------
     def submit(self, sup: Supervised) -> None:
@@ -168,8 +190,14 @@ class AgentManager:
 
     async def shutdown(self, reason: str = "engine shutdown") -> None:
         self._closing = True
-        await asyncio.gather(*(self.stop(sid, reason, "engine") for sid, s in list(self._agents.items())
-                               if not s.done.is_set()), return_exceptions=True)
+        await asyncio.gather(
+            *(
+                self.stop(sid, reason, "engine")
+                for sid, s in list(self._agents.items())
+                if not s.done.is_set()
+            ),
+            return_exceptions=True,
+        )
 
     # -- supervision -------------------------------------------------------------------------------
     async def _supervise(self, sup: Supervised, attached: bool = False) -> None:
@@ -185,9 +213,13 @@ class AgentManager:
                 sup.agent = await self.backend.start(sup.spec)
                 self.stats.spawn_seconds_total += time.monotonic() - t0
                 self.stats.spawns += 1
-                spawned = sup.spawned.model_copy(update={
-                    "opencode_session_id": sup.agent.opencode_session_id,
-                    "server_url": sup.agent.server_url, "pid": sup.agent.pid})
+                spawned = sup.spawned.model_copy(
+                    update={
+                        "opencode_session_id": sup.agent.opencode_session_id,
+                        "server_url": sup.agent.server_url,
+                        "pid": sup.agent.pid,
+                    }
+                )
                 await led.append_async(sid, spawned)
                 await sup.agent.prompt(sup.spec.prompt)
             async with asyncio.timeout(sup.timeout_s):
@@ -196,8 +228,9 @@ class AgentManager:
             reason, by = sup.stop_reason or ("cancelled", None)
             terminal = AgentStopped(session_id=sid, reason=reason, by=by)
         except TimeoutError:
-            terminal = AgentFailed(session_id=sid, error=f"no completion within the {sup.timeout_s:g} s timeout",
-                                   kind="timeout")
+            terminal = AgentFailed(
+                session_id=sid, error=f"no completion within the {sup.timeout_s:g} s timeout", kind="timeout"
+            )
         except Exception as exc:  # the agent could not be started or its stream broke
             terminal = AgentFailed(session_id=sid, error=f"{type(exc).__name__}: {exc}", kind="error")
         finally:
@@ -238,30 +271,56 @@ class AgentManager:
         async for ev in sup.agent.events():
             if isinstance(ev, ToolUse):
                 if ev.status in ("completed", "error"):
-                    await led.append_async(sid, ToolCalled(session_id=sid, tool=ev.tool, call_id=ev.call_id,
-                                                           status=ev.status,  # type: ignore[arg-type]
-                                                           input=ev.input, output=(ev.output or "")[:8000] or None,
-                                                           error=ev.error))
+                    await led.append_async(
+                        sid,
+                        ToolCalled(
+                            session_id=sid,
+                            tool=ev.tool,
+                            call_id=ev.call_id,
+                            status=ev.status,  # type: ignore[arg-type]
+                            input=ev.input,
+                            output=(ev.output or "")[:8000] or None,
+                            error=ev.error,
+                        ),
+                    )
             elif isinstance(ev, PermissionAsk):
                 reply, reason = sup.policy.decide(ev.permission, ev.patterns)
                 await sup.agent.reply_permission(ev.id, reply)
-                await led.append_async(sid, PermissionDecided(session_id=sid, permission_id=ev.id,
-                                                              permission=ev.permission, patterns=ev.patterns,
-                                                              reply=reply, reason=reason))
+                await led.append_async(
+                    sid,
+                    PermissionDecided(
+                        session_id=sid,
+                        permission_id=ev.id,
+                        permission=ev.permission,
+                        patterns=ev.patterns,
+                        reply=reply,
+                        reason=reason,
+                    ),
+                )
             elif isinstance(ev, Output):
                 if ev.text or ev.tokens.total or ev.cost_usd:
                     sup.outputs.append(ev.text)
-                    await led.append_async(sid, OutputReceived(session_id=sid, message_id=ev.message_id,
-                                                               text=ev.text, tokens=ev.tokens,
-                                                               cost_usd=max(0.0, ev.cost_usd)))
+                    await led.append_async(
+                        sid,
+                        OutputReceived(
+                            session_id=sid,
+                            message_id=ev.message_id,
+                            text=ev.text,
+                            tokens=ev.tokens,
+                            cost_usd=max(0.0, ev.cost_usd),
+                        ),
+                    )
                     self.stats.tokens += ev.tokens.total
                     self.stats.cost_usd += ev.cost_usd
                     over = self._over_budget(sid)
                     if over is not None:
                         await led.append_async(sid, over)
-                        return AgentFailed(session_id=sid, kind="budget",
-                                           error=f"budget exceeded: {over.limit} used {over.used:g} of "
-                                                 f"{over.allowed:g} (charged to {over.charged_to})")
+                        return AgentFailed(
+                            session_id=sid,
+                            kind="budget",
+                            error=f"budget exceeded: {over.limit} used {over.used:g} of "
+                            f"{over.allowed:g} (charged to {over.charged_to})",
+                        )
                 if ev.error:
                     return AgentFailed(session_id=sid, error=ev.error, kind="error")
             elif isinstance(ev, Failure):
@@ -271,7 +330,9 @@ class AgentManager:
             elif isinstance(ev, Idle):
                 summary = sup.outputs[-1][:2000] if sup.outputs else None
                 return AgentCompleted(session_id=sid, summary=summary)
-        return AgentFailed(session_id=sid, error="the agent's event stream ended without completion", kind="crash")
+        return AgentFailed(
+            session_id=sid, error="the agent's event stream ended without completion", kind="crash"
+        )
 
     def _over_budget(self, session_id: str) -> BudgetExceeded | None:
         """The first budget (own or an ancestor's) that the subtree's spending now exceeds."""
@@ -283,10 +344,20 @@ class AgentManager:
             if st is None:
                 return None
             if st.max_tokens is not None and st.subtree_tokens > st.max_tokens:
-                return BudgetExceeded(session_id=session_id, limit="tokens", allowed=st.max_tokens,
-                                      used=st.subtree_tokens, charged_to=sid)
+                return BudgetExceeded(
+                    session_id=session_id,
+                    limit="tokens",
+                    allowed=st.max_tokens,
+                    used=st.subtree_tokens,
+                    charged_to=sid,
+                )
             if st.max_cost_usd is not None and st.subtree_cost_usd > st.max_cost_usd:
-                return BudgetExceeded(session_id=session_id, limit="cost_usd", allowed=st.max_cost_usd,
-                                      used=round(st.subtree_cost_usd, 6), charged_to=sid)
+                return BudgetExceeded(
+                    session_id=session_id,
+                    limit="cost_usd",
+                    allowed=st.max_cost_usd,
+                    used=round(st.subtree_cost_usd, 6),
+                    charged_to=sid,
+                )
             sid = st.parent_session_id
         return None

@@ -26,8 +26,20 @@ from engine.tokens import SessionTokens, SessionTokenVerifier
 from schemas.events import TERMINAL_STATUSES
 
 SPAWN_TOOLS = frozenset({"spawn_agent", "delegate"})
-_SPAWN_KEYS = ("role", "task_id", "instructions", "project_directory", "expected_output", "context", "model",
-               "original_task", "cap_origin", "delegation_context", "timeout_seconds", "title")
+_SPAWN_KEYS = (
+    "role",
+    "task_id",
+    "instructions",
+    "project_directory",
+    "expected_output",
+    "context",
+    "model",
+    "original_task",
+    "cap_origin",
+    "delegation_context",
+    "timeout_seconds",
+    "title",
+)
 
 
 def caller() -> str | None:
@@ -53,14 +65,20 @@ class RecordMalformedSpawns(Middleware):
             except ValidationError:
                 if name not in SPAWN_TOOLS:
                     raise
-            raw = {k: v for k, v in dict(context.message.arguments or {}).items()
-                   if k not in ("wait_seconds",)}
+            raw = {
+                k: v for k, v in dict(context.message.arguments or {}).items() if k not in ("wait_seconds",)
+            }
             try:
                 session_id, verdict = await self.service.spawn(raw, caller=caller())
             except DelegationError as exc:
                 raise ToolError(str(exc)) from None
-            return ToolResult(structured_content={"session_id": session_id, "status": "queued",
-                                                  "warnings": [w.model_dump() for w in verdict.warnings]})
+            return ToolResult(
+                structured_content={
+                    "session_id": session_id,
+                    "status": "queued",
+                    "warnings": [w.model_dump() for w in verdict.warnings],
+                }
+            )
 
 
 def _tool_error(exc: DelegationError) -> ToolError:
@@ -69,10 +87,16 @@ def _tool_error(exc: DelegationError) -> ToolError:
 
 def build_server(service: DelegationService, *, tokens: SessionTokens | None = None) -> FastMCP:
     auth = SessionTokenVerifier(tokens or service.tokens)
-    mcp = FastMCP("delegation-ledger", instructions=(
-        "Delegate work to OpenCode sub-agents under a checked responsibility chain. Every spawn "
-        "carries original_task, cap_origin and delegation_context; the ConstitutionGate judges it "
-        "and the ledger records everything."), auth=auth, middleware=[RecordMalformedSpawns(service)])
+    mcp = FastMCP(
+        "delegation-ledger",
+        instructions=(
+            "Delegate work to OpenCode sub-agents under a checked responsibility chain. Every spawn "
+            "carries original_task, cap_origin and delegation_context; the ConstitutionGate judges it "
+            "and the ledger records everything."
+        ),
+        auth=auth,
+        middleware=[RecordMalformedSpawns(service)],
+    )
 
     Str = Annotated[str, Field(min_length=1)]
 
@@ -81,8 +105,12 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
             session_id, verdict = await service.spawn(_spawn_args(args), caller=caller())
         except DelegationError as exc:
             raise _tool_error(exc) from None
-        return {"session_id": session_id, "status": "queued", "decision": verdict.decision,
-                "warnings": [w.model_dump() for w in verdict.warnings]}
+        return {
+            "session_id": session_id,
+            "status": "queued",
+            "decision": verdict.decision,
+            "warnings": [w.model_dump() for w in verdict.warnings],
+        }
 
     @mcp.tool
     async def spawn_agent(
@@ -90,10 +118,19 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
         task_id: Annotated[str, Field(description="Id of the task; must equal original_task.task_id")],
         instructions: Annotated[str, Field(description="What the agent must do")],
         project_directory: Annotated[str, Field(description="Absolute path of the project folder")],
-        original_task: Annotated[dict[str, Any], Field(description="task_id, title, description, requester, requested_at")],
-        cap_origin: Annotated[dict[str, Any], Field(description="ultimate_authority, original_scope, granted_at, grant_context")],
-        delegation_context: Annotated[dict[str, Any], Field(description="delegator, delegator_cap, delegated_to, "
-                                                            "delegated_cap, constraints, phantom_level, delegated_at")],
+        original_task: Annotated[
+            dict[str, Any], Field(description="task_id, title, description, requester, requested_at")
+        ],
+        cap_origin: Annotated[
+            dict[str, Any], Field(description="ultimate_authority, original_scope, granted_at, grant_context")
+        ],
+        delegation_context: Annotated[
+            dict[str, Any],
+            Field(
+                description="delegator, delegator_cap, delegated_to, "
+                "delegated_cap, constraints, phantom_level, delegated_at"
+            ),
+        ],
         expected_output: str | None = None,
         context: dict[str, Any] | None = None,
         model: str | None = None,
@@ -105,12 +142,22 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
 
     @mcp.tool
     async def delegate(
-        role: str, task_id: str, instructions: str, project_directory: str,
-        original_task: dict[str, Any], cap_origin: dict[str, Any], delegation_context: dict[str, Any],
+        role: str,
+        task_id: str,
+        instructions: str,
+        project_directory: str,
+        original_task: dict[str, Any],
+        cap_origin: dict[str, Any],
+        delegation_context: dict[str, Any],
         ctx: Context,
-        expected_output: str | None = None, context: dict[str, Any] | None = None, model: str | None = None,
-        timeout_seconds: Annotated[float | None, Field(gt=0)] = None, title: str | None = None,
-        wait_seconds: Annotated[float, Field(gt=0, le=3600, description="How long to wait for the result")] = 600,
+        expected_output: str | None = None,
+        context: dict[str, Any] | None = None,
+        model: str | None = None,
+        timeout_seconds: Annotated[float | None, Field(gt=0)] = None,
+        title: str | None = None,
+        wait_seconds: Annotated[
+            float, Field(gt=0, le=3600, description="How long to wait for the result")
+        ] = 600,
     ) -> dict[str, Any]:
         """Spawn a sub-agent and wait for its result, reporting progress while it works."""
         args = {k: v for k, v in locals().items() if k not in ("ctx", "wait_seconds")}
@@ -122,12 +169,22 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
             waited += 5.0
             if done:
                 break
-            await ctx.report_progress(min(waited, wait_seconds), wait_seconds,
-                                      f"{state.role}: {state.status}, {state.tool_calls} tool call(s)")
+            await ctx.report_progress(
+                min(waited, wait_seconds),
+                wait_seconds,
+                f"{state.role}: {state.status}, {state.tool_calls} tool call(s)",
+            )
             if waited >= wait_seconds:
                 break
-        return {"session_id": sid, "status": state.status, "done": done, "output": state.last_output,
-                "tokens_used": state.tokens_used, "cost_usd": state.cost_usd, "end_reason": state.end_reason}
+        return {
+            "session_id": sid,
+            "status": state.status,
+            "done": done,
+            "output": state.last_output,
+            "tokens_used": state.tokens_used,
+            "cost_usd": state.cost_usd,
+            "end_reason": state.end_reason,
+        }
 
     @mcp.tool
     async def query_session(session_id: Str) -> dict[str, Any]:
@@ -154,8 +211,14 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
         except DelegationError as exc:
             raise _tool_error(exc) from None
         outs = service.outputs(session_id)
-        return {"session_id": session_id, "status": st.status, "outputs": [o.get("text", "") for o in outs],
-                "last_output": st.last_output, "tokens_used": st.tokens_used, "cost_usd": st.cost_usd}
+        return {
+            "session_id": session_id,
+            "status": st.status,
+            "outputs": [o.get("text", "") for o in outs],
+            "last_output": st.last_output,
+            "tokens_used": st.tokens_used,
+            "cost_usd": st.cost_usd,
+        }
 
     @mcp.tool
     async def stop_agent(session_id: Str, reason: str = "stopped by the delegator") -> dict[str, Any]:
@@ -169,9 +232,22 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
     @mcp.tool
     async def list_active_sessions() -> dict[str, Any]:
         """Delegations not yet finished, with the manager's statistics."""
-        active = [s.model_dump(include={"session_id", "task_id", "role", "status", "depth", "parent_session_id",
-                                        "tokens_used", "cost_usd"})
-                  for s in service.ledger.sessions() if s.status not in TERMINAL_STATUSES]
+        active = [
+            s.model_dump(
+                include={
+                    "session_id",
+                    "task_id",
+                    "role",
+                    "status",
+                    "depth",
+                    "parent_session_id",
+                    "tokens_used",
+                    "cost_usd",
+                }
+            )
+            for s in service.ledger.sessions()
+            if s.status not in TERMINAL_STATUSES
+        ]
         return {"sessions": active, "stats": service.manager.statistics()}
 
     @mcp.tool
@@ -186,8 +262,16 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
             note = None
         out = [r.to_json() for r in roles.values()]
         known = set(roles)
-        out += [{"name": a.get("name"), "description": a.get("description") or "", "source": "opencode",
-                 "mode": a.get("mode")} for a in agents if a.get("name") not in known]
+        out += [
+            {
+                "name": a.get("name"),
+                "description": a.get("description") or "",
+                "source": "opencode",
+                "mode": a.get("mode"),
+            }
+            for a in agents
+            if a.get("name") not in known
+        ]
         return {"roles": sorted(out, key=lambda r: r["name"]), "note": note}
 
     @mcp.tool
@@ -196,8 +280,12 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
         roles = service.roles(project_directory)
         agents = {a.get("name"): a for a in await service.backend.agents(project_directory)}
         if role not in roles and role not in agents:
-            raise ToolError(f"unknown role {role!r}; known roles: {', '.join(sorted(set(roles) | set(agents)))}")
-        info: dict[str, Any] = roles[role].to_json() if role in roles else {"name": role, "source": "opencode"}
+            raise ToolError(
+                f"unknown role {role!r}; known roles: {', '.join(sorted(set(roles) | set(agents)))}"
+            )
+        info: dict[str, Any] = (
+            roles[role].to_json() if role in roles else {"name": role, "source": "opencode"}
+        )
         info["opencode_agent"] = agents.get(role)
         return info
 
@@ -207,18 +295,29 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
         return await service.backend.providers()
 
     @mcp.tool
-    async def wait_for_agent(session_id: Str, timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 30) -> dict[str, Any]:
+    async def wait_for_agent(
+        session_id: Str, timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 30
+    ) -> dict[str, Any]:
         """Long-poll until the agent finishes or the timeout passes (for clients with short tool timeouts)."""
         try:
             st, done = await service.wait(session_id, timeout_seconds, caller=caller())
         except DelegationError as exc:
             raise _tool_error(exc) from None
-        return {"session_id": session_id, "done": done, "status": st.status, "output": st.last_output,
-                "tokens_used": st.tokens_used, "cost_usd": st.cost_usd}
+        return {
+            "session_id": session_id,
+            "done": done,
+            "status": st.status,
+            "output": st.last_output,
+            "tokens_used": st.tokens_used,
+            "cost_usd": st.cost_usd,
+        }
 
     @mcp.tool
-    async def delegate_batch(requests: list[dict[str, Any]], wait: bool = False,
-                             wait_seconds: Annotated[float, Field(gt=0, le=3600)] = 600) -> dict[str, Any]:
+    async def delegate_batch(
+        requests: list[dict[str, Any]],
+        wait: bool = False,
+        wait_seconds: Annotated[float, Field(gt=0, le=3600)] = 600,
+    ) -> dict[str, Any]:
         """Spawn several delegations at once; each is judged on its own (refusals do not stop the others)."""
         results: list[dict[str, Any]] = []
         for raw in requests:
@@ -226,8 +325,13 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
                 sid, verdict = await service.spawn(dict(raw), caller=caller())
                 results.append({"session_id": sid, "decision": "approved"})
             except DelegationError as exc:
-                results.append({"session_id": getattr(exc, "session_id", None), "decision": "rejected",
-                                "error": str(exc)})
+                results.append(
+                    {
+                        "session_id": getattr(exc, "session_id", None),
+                        "decision": "rejected",
+                        "error": str(exc),
+                    }
+                )
         if wait:
             sids = [r["session_id"] for r in results if r["decision"] == "approved"]
             await asyncio.gather(*(service.wait(s, wait_seconds, caller=caller()) for s in sids))

@@ -140,7 +140,9 @@ def _model_ref(model: str | Mapping[str, str] | None) -> dict[str, str] | None:
 class OpenCodeClient:
     """The v1 API of one server, over Basic auth. Use ``async with`` or call ``aclose()``."""
 
-    def __init__(self, base_url: str, password: str | None, *, username: str = "opencode", timeout: float = 30.0):
+    def __init__(
+        self, base_url: str, password: str | None, *, username: str = "opencode", timeout: float = 30.0
+    ):
         auth = httpx.BasicAuth(username, password) if password is not None else None
         self.base_url = base_url
         self._timeout = timeout
@@ -324,7 +326,9 @@ class OpenCodeClient:
         pump: asyncio.Task[None] | None = None
         try:
             if response.status_code >= 400:
-                raise OpenCodeHTTPError("GET", "/event", response.status_code, (await response.aread()).decode())
+                raise OpenCodeHTTPError(
+                    "GET", "/event", response.status_code, (await response.aread()).decode()
+                )
             pump = asyncio.create_task(stream._pump(EventSource(response)), name="opencode-events")
             first = await stream._next_raw(connect_timeout)
             if first.type != "server.connected":

@@ -70,8 +70,11 @@ class PermissionPolicy:
             for perm, action in _ACTION_OF.items():
                 ok = _covers(actions, action)
                 rules[perm] = "allow" if ok else "deny"
-                reasons[perm] = (f"scope grants {action}" if ok else
-                                 f"no scope of the delegation grants {action} (scopes: {', '.join(dc.scopes)})")
+                reasons[perm] = (
+                    f"scope grants {action}"
+                    if ok
+                    else f"no scope of the delegation grants {action} (scopes: {', '.join(dc.scopes)})"
+                )
         else:
             for perm in ("read", "list", "glob", "grep", "edit", "write", "bash"):
                 rules[perm] = "allow"
@@ -80,7 +83,9 @@ class PermissionPolicy:
                 rules[perm] = "deny"
                 reasons[perm] = "free-text capability: no network and nothing outside the project directory"
             rules["task"] = "deny"
-            reasons["task"] = "nested delegation goes through the ledger's spawn_agent tool, not OpenCode's task"
+            reasons["task"] = (
+                "nested delegation goes through the ledger's spawn_agent tool, not OpenCode's task"
+            )
         rules["doom_loop"] = "deny"
         reasons["doom_loop"] = "repeated identical tool calls are refused"
         lowered = " ".join(constraints).lower()
@@ -92,8 +97,11 @@ class PermissionPolicy:
 
     def opencode_config(self) -> dict[str, Any]:
         """The `permission` block of the agent's OpenCode config."""
-        cfg: dict[str, Any] = {k: v for k, v in self.rules.items() if k in
-                               ("edit", "bash", "webfetch", "external_directory", "doom_loop", "read", "task")}
+        cfg: dict[str, Any] = {
+            k: v
+            for k, v in self.rules.items()
+            if k in ("edit", "bash", "webfetch", "external_directory", "doom_loop", "read", "task")
+        }
         return cfg
 
     def decide(self, permission: str, patterns: list[str] | None = None) -> tuple[Reply, str]:
@@ -102,5 +110,8 @@ class PermissionPolicy:
         if rule == "allow":
             return "once", self.reasons.get(permission, "allowed by the delegation")
         if rule is None:
-            return "reject", f"permission {permission!r} is not granted by the delegation (unknown to the policy)"
+            return (
+                "reject",
+                f"permission {permission!r} is not granted by the delegation (unknown to the policy)",
+            )
         return "reject", self.reasons.get(permission, "denied by the delegation")

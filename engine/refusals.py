@@ -15,8 +15,10 @@ class DelegationRefused(DelegationError):
     def __init__(self, session_id: str, verdict: Verdict) -> None:
         self.session_id = session_id
         self.verdict = verdict
-        lines = [f"delegation refused by the ConstitutionGate ({len(verdict.violations)} violation(s), "
-                 f"profile {verdict.profile}, ruleset {verdict.ruleset_hash[:19]}; recorded as {session_id}):"]
+        lines = [
+            f"delegation refused by the ConstitutionGate ({len(verdict.violations)} violation(s), "
+            f"profile {verdict.profile}, ruleset {verdict.ruleset_hash[:19]}; recorded as {session_id}):"
+        ]
         for f in verdict.violations:
             lines.append(f"- {f.rule} at {f.path or '(request)'} (hop {f.hop}): {f.message}")
         super().__init__("\n".join(lines))

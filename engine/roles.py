@@ -33,8 +33,14 @@ class Role:
     capabilities: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "model": self.model, "source": self.source,
-                "capabilities": list(self.capabilities), "permission": self.permission}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "model": self.model,
+            "source": self.source,
+            "capabilities": list(self.capabilities),
+            "permission": self.permission,
+        }
 
 
 def parse_role(path: Path) -> Role:
@@ -87,6 +93,7 @@ def merge_opencode_agents(roles: dict[str, Role], agents: Iterable[dict[str, Any
     for a in agents:
         name = a.get("name")
         if name and name not in merged and a.get("mode") != "primary":
-            merged[name] = Role(name=name, description=a.get("description") or "", source="opencode",
-                                permission={})
+            merged[name] = Role(
+                name=name, description=a.get("description") or "", source="opencode", permission={}
+            )
     return merged

@@ -56,8 +56,10 @@ def compose_prompt(req: SpawnRequest, role: Role | None) -> str:
         parts.append(f"Expected output: {req.expected_output.strip()}")
     if req.context:
         parts.append("Context:\n" + "\n".join(f"- {k}: {v}" for k, v in req.context.items()))
-    parts.append(f"You act as {req.role} for {dc.delegator}, on task {req.original_task.task_id} "
-                 f"({req.original_task.title}) under the authority of {req.cap_origin.ultimate_authority}.")
+    parts.append(
+        f"You act as {req.role} for {dc.delegator}, on task {req.original_task.task_id} "
+        f"({req.original_task.title}) under the authority of {req.cap_origin.ultimate_authority}."
+    )
     if dc.constraints:
         parts.append("Constraints you must respect:\n" + "\n".join(f"- {c}" for c in dc.constraints))
     if dc.scopes:
@@ -66,9 +68,17 @@ def compose_prompt(req: SpawnRequest, role: Role | None) -> str:
 
 
 class DelegationService:
-    def __init__(self, ledger: Ledger, settings: EngineSettings, backend: AgentBackend,
-                 constitution: gate.Constitution, *, tokens: SessionTokens | None = None,
-                 clock: Callable[[], datetime] = _utcnow, agent_mcp_url: str | None = None) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        settings: EngineSettings,
+        backend: AgentBackend,
+        constitution: gate.Constitution,
+        *,
+        tokens: SessionTokens | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+        agent_mcp_url: str | None = None,
+    ) -> None:
         self.ledger = ledger
         self.settings = settings
         self.backend = backend
@@ -76,8 +86,9 @@ class DelegationService:
         self.tokens = tokens or SessionTokens()
         self.clock = clock
         self.agent_mcp_url = agent_mcp_url
-        self.manager = AgentManager(ledger, backend, max_concurrent=settings.max_concurrent,
-                                    on_finished=self._finished)
+        self.manager = AgentManager(
+            ledger, backend, max_concurrent=settings.max_concurrent, on_finished=self._finished
+        )
 
     async def _finished(self, session_id: str) -> None:
         self.tokens.revoke(session_id)
@@ -98,7 +109,9 @@ class DelegationService:
         ctx = build_context(self.ledger, raw, parent, known)
         return gate.evaluate(raw, ctx, self.clock(), self.constitution)
 
-    async def spawn(self, raw: dict[str, Any], *, caller: str | None = None, via: str = "mcp") -> tuple[str, Verdict]:
+    async def spawn(
+        self, raw: dict[str, Any], *, caller: str | None = None, via: str = "mcp"
+    ) -> tuple[str, Verdict]:
         """Judge, record and (when approved) queue a delegation; returns (session id, verdict) at once."""
         parent = self.parent_of(caller)
         if parent is not None:
@@ -106,25 +119,39 @@ class DelegationService:
             if pstate is None:
                 raise NotAllowed(f"the calling session {parent} is unknown to the ledger")
         session_id = str(uuid.uuid4())
-        with logfire.span("delegation.spawn", session_id=session_id, parent=parent, role=str(raw.get("role"))):
+        with logfire.span(
+            "delegation.spawn", session_id=session_id, parent=parent, role=str(raw.get("role"))
+        ):
             try:
                 request_copy = dict(raw)
                 canonical_bytes(request_copy)
             except PayloadError:
                 request_copy = {"unrepresentable": repr(raw)[:4000]}
-            await self.ledger.append_async(session_id, DelegationRequested(
-                request=request_copy, via=via,  # type: ignore[arg-type]
-                caller=caller, parent_session_id=parent))
+            await self.ledger.append_async(
+                session_id,
+                DelegationRequested(
+                    request=request_copy,
+                    via=via,  # type: ignore[arg-type]
+                    caller=caller,
+                    parent_session_id=parent,
+                ),
+            )
             with logfire.span("gate.evaluate", session_id=session_id) as span:
                 verdict = self.judge(raw, parent)
                 span.set_attribute("decision", verdict.decision)
                 span.set_attribute("rules", [f.rule for f in verdict.violations])
             depth = 0 if parent is None else (self.ledger.session(parent).depth + 1)  # type: ignore[union-attr]
-            await self.ledger.append_async(session_id, GateDecided(
-                verdict=verdict, task_id=str(raw.get("task_id")) if raw.get("task_id") is not None else None,
-                role=str(raw.get("role")) if raw.get("role") is not None else None,
-                parent_session_id=parent, depth=depth,
-                request_hash=hashlib.sha256(canonical_bytes(request_copy)).hexdigest()))
+            await self.ledger.append_async(
+                session_id,
+                GateDecided(
+                    verdict=verdict,
+                    task_id=str(raw.get("task_id")) if raw.get("task_id") is not None else None,
+                    role=str(raw.get("role")) if raw.get("role") is not None else None,
+                    parent_session_id=parent,
+                    depth=depth,
+                    request_hash=hashlib.sha256(canonical_bytes(request_copy)).hexdigest(),
+                ),
+            )
             if verdict.decision != "approved":
                 raise DelegationRefused(session_id, verdict)
             req = SpawnRequest.model_validate(raw)
@@ -136,10 +163,16 @@ class DelegationService:
         policy = PermissionPolicy.from_request(req)
         budget = dc.budget
         default = self.constitution.default_budget
-        max_tokens = (budget.max_tokens if budget and budget.max_tokens is not None
-                      else (default.max_tokens if default else None))
-        max_cost = (budget.max_cost_usd if budget and budget.max_cost_usd is not None
-                    else (default.max_cost_usd if default else None))
+        max_tokens = (
+            budget.max_tokens
+            if budget and budget.max_tokens is not None
+            else (default.max_tokens if default else None)
+        )
+        max_cost = (
+            budget.max_cost_usd
+            if budget and budget.max_cost_usd is not None
+            else (default.max_cost_usd if default else None)
+        )
         root = session_id if parent is None else self.ledger.session(parent).root_session_id  # type: ignore[union-attr]
         timeout = req.timeout_seconds or self.settings.default_timeout_s
         if dc.expires_at is not None:
@@ -147,18 +180,39 @@ class DelegationService:
         role = self.roles(req.project_directory).get(req.role)
         token = self.tokens.issue(session_id)
         model = req.model if req.model and "/" in req.model else self.settings.model
-        spec = AgentSpec(session_id=session_id, role=req.role, title=req.title or f"{req.role}: {req.original_task.title}",
-                         prompt=compose_prompt(req, role), project_directory=req.project_directory,
-                         model=model, permission=policy.opencode_config(),
-                         system=role.prompt if role else None, mcp_url=self.agent_mcp_url, mcp_token=token,
-                         metadata={"delegation_session": session_id, "task_id": req.task_id})
-        spawned = AgentSpawned(session_id=session_id, task_id=req.task_id, role=req.role, parent_session_id=parent,
-                               root_session_id=root, depth=depth, principal=dc.delegated_to, delegator=dc.delegator,
-                               model=req.model, project_directory=req.project_directory, max_tokens=max_tokens,
-                               max_cost_usd=max_cost, expires_at=dc.expires_at, timeout_seconds=timeout,
-                               permissions=policy.rules)
-        self.manager.submit(Supervised(session_id=session_id, spec=spec, policy=policy, spawned=spawned,
-                                       timeout_s=timeout))
+        spec = AgentSpec(
+            session_id=session_id,
+            role=req.role,
+            title=req.title or f"{req.role}: {req.original_task.title}",
+            prompt=compose_prompt(req, role),
+            project_directory=req.project_directory,
+            model=model,
+            permission=policy.opencode_config(),
+            system=role.prompt if role else None,
+            mcp_url=self.agent_mcp_url,
+            mcp_token=token,
+            metadata={"delegation_session": session_id, "task_id": req.task_id},
+        )
+        spawned = AgentSpawned(
+            session_id=session_id,
+            task_id=req.task_id,
+            role=req.role,
+            parent_session_id=parent,
+            root_session_id=root,
+            depth=depth,
+            principal=dc.delegated_to,
+            delegator=dc.delegator,
+            model=req.model,
+            project_directory=req.project_directory,
+            max_tokens=max_tokens,
+            max_cost_usd=max_cost,
+            expires_at=dc.expires_at,
+            timeout_seconds=timeout,
+            permissions=policy.rules,
+        )
+        self.manager.submit(
+            Supervised(session_id=session_id, spec=spec, policy=policy, spawned=spawned, timeout_s=timeout)
+        )
 
     # -- act on sessions ---------------------------------------------------------------------------
     def state(self, session_id: str) -> SessionState:
@@ -180,9 +234,13 @@ class DelegationService:
                 return st
             seen.add(node.session_id)
             node = self.ledger.session(node.parent_session_id) if node.parent_session_id else None
-        raise NotAllowed(f"session {parent} may only act on its own delegations; {session_id} is not one of them")
+        raise NotAllowed(
+            f"session {parent} may only act on its own delegations; {session_id} is not one of them"
+        )
 
-    async def wait(self, session_id: str, timeout: float | None, caller: str | None = None) -> tuple[SessionState, bool]:
+    async def wait(
+        self, session_id: str, timeout: float | None, caller: str | None = None
+    ) -> tuple[SessionState, bool]:
         """Wait until the session is terminal or `timeout` passes; the caller's slot serves others meanwhile."""
         self.check_access(caller, session_id)
         async with self.manager.lend_slot(self.parent_of(caller)):
@@ -193,8 +251,9 @@ class DelegationService:
         st = self.check_access(caller, session_id)
         if st.status in TERMINAL_STATUSES:
             raise SessionNotRunning(f"session {session_id} is {st.status}; spawn a new delegation instead")
-        await self.ledger.append_async(session_id, MessageSent(session_id=session_id, text=text,
-                                                               sender=caller or "delegator"))
+        await self.ledger.append_async(
+            session_id, MessageSent(session_id=session_id, text=text, sender=caller or "delegator")
+        )
         await self.manager.send(session_id, text)
 
     async def stop(self, session_id: str, reason: str, by: str | None) -> SessionState:
@@ -219,10 +278,17 @@ class DelegationService:
         """Revoke a delegation and its whole subtree: record it, then stop every live agent in it."""
         self.check_access(by, session_id)
         subtree = self.subtree(session_id)
-        await self.ledger.append_async(session_id, DelegationRevoked(session_id=session_id, by=by or "delegator",
-                                                                     reason=reason, subtree=subtree))
-        await asyncio.gather(*(self.manager.stop(sid, f"revoked: {reason}", by or "delegator")
-                               for sid in [session_id, *subtree]), return_exceptions=True)
+        await self.ledger.append_async(
+            session_id,
+            DelegationRevoked(session_id=session_id, by=by or "delegator", reason=reason, subtree=subtree),
+        )
+        await asyncio.gather(
+            *(
+                self.manager.stop(sid, f"revoked: {reason}", by or "delegator")
+                for sid in [session_id, *subtree]
+            ),
+            return_exceptions=True,
+        )
         return [session_id, *subtree]
 
     def tree(self, session_id: str) -> dict[str, Any]:

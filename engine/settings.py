@@ -47,5 +47,7 @@ def load_constitution_file(settings: EngineSettings) -> Constitution:
         return load_constitution(Path(path).read_text(encoding="utf-8"), source=str(path))
     base = default_constitution()
     if settings.allowed_roots:
-        return base.model_copy(update={"allowed_roots": tuple(os.path.abspath(r) for r in settings.allowed_roots)})
+        return base.model_copy(
+            update={"allowed_roots": tuple(os.path.abspath(r) for r in settings.allowed_roots)}
+        )
     return base
