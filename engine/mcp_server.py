@@ -25,6 +25,7 @@ from engine.service import DelegationService
 from engine.tokens import SessionTokens, SessionTokenVerifier
 from schemas.events import TERMINAL_STATUSES
 
+Str = Annotated[str, Field(min_length=1)]
 SPAWN_TOOLS = frozenset({"spawn_agent", "delegate"})
 _SPAWN_KEYS = (
     "role",
@@ -98,7 +99,6 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
         middleware=[RecordMalformedSpawns(service)],
     )
 
-    Str = Annotated[str, Field(min_length=1)]
 
     async def _spawn(args: dict[str, Any]) -> dict[str, Any]:
         try:

@@ -303,3 +303,22 @@ class DelegationService:
 
     async def shutdown(self) -> None:
         await self.manager.shutdown()
+
+
+def readopt(service: DelegationService, session_id: str, agent: Any) -> None:
+    """Supervise again an agent that survived a restart of the engine."""
+    from engine.chain_context import recorded_request
+
+    st = service.state(session_id)
+    raw = recorded_request(service.ledger, session_id)
+    if raw is None:
+        raise UnknownSession(session_id)
+    req = SpawnRequest.model_validate(raw)
+    policy = PermissionPolicy.from_request(req)
+    spec = AgentSpec(session_id=session_id, role=req.role, title=req.title or req.role, prompt="",
+                     project_directory=req.project_directory, model=req.model, permission=policy.opencode_config())
+    spawned = AgentSpawned(session_id=session_id, task_id=st.task_id, role=st.role,
+                           parent_session_id=st.parent_session_id, root_session_id=st.root_session_id,
+                           depth=st.depth, principal=st.principal or st.role, delegator=st.delegator or "unknown")
+    service.manager.adopt(Supervised(session_id=session_id, spec=spec, policy=policy, spawned=spawned,
+                                     timeout_s=req.timeout_seconds or service.settings.default_timeout_s), agent)

@@ -1,0 +1,97 @@
+"""The running engine: ledger + constitution + OpenCode backend + service + MCP server.
+
+The main agent talks to the MCP server over stdio (or streamable HTTP with a bearer token);
+sub-agents always reach it over a loopback HTTP endpoint, each with its own session-bound token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import socket
+from pathlib import Path
+from typing import Any
+
+import logfire
+import platformdirs
+import uvicorn
+from fastmcp import FastMCP
+
+from engine.mcp_server import build_server
+from engine.opencode_backend import OpenCodeBackend
+from engine.recovery import recover
+from engine.service import DelegationService, readopt
+from engine.settings import EngineSettings, load_constitution_file
+from engine.tokens import OPERATOR, SessionTokens
+from ledger import Ledger
+from ledger.paths import APP
+
+
+def configure_telemetry() -> None:
+    """logfire spans at the edges; nothing leaves the machine without a token."""
+    logfire.configure(send_to_logfire="if-token-present", service_name="delegation-ledger", console=False,
+                      inspect_arguments=False)
+
+
+class Engine:
+    def __init__(self, settings: EngineSettings, *, model_base_url: str | None = None) -> None:
+        self.settings = settings
+        self.model_base_url = model_base_url
+        self.tokens = SessionTokens()
+        self.ledger: Ledger | None = None
+        self.service: DelegationService | None = None
+        self.mcp: FastMCP | None = None
+        self._http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self.agent_mcp_url: str | None = None
+        self.operator_token: str | None = None
+        self.recovery: dict[str, Any] = {}
+
+    async def start(self, *, http_port: int | None = None) -> Engine:
+        s = self.settings
+        constitution = load_constitution_file(s)  # refused loudly when broken, before anything starts
+        self.ledger = Ledger.init(s.db_path) if not s.db_path.exists() else Ledger.open(s.db_path)
+        state_root = s.work_dir or Path(platformdirs.user_state_dir(APP)) / "agents"
+        backend = OpenCodeBackend(state_root, model_base_url=self.model_base_url, provider=s.provider_config,
+                                  model=s.model, isolated=s.isolated, stop_grace=s.stop_grace_s)
+        self.service = DelegationService(self.ledger, s, backend, constitution, tokens=self.tokens)
+        self.mcp = build_server(self.service)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((s.agent_mcp_host, http_port if http_port is not None else s.agent_mcp_port))
+        port = sock.getsockname()[1]
+        app = self.mcp.http_app(path="/mcp")
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
+        self._http = uvicorn.Server(config)
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+        for _ in range(200):
+            if self._http.started:
+                break
+            await asyncio.sleep(0.01)
+        self.agent_mcp_url = f"http://{s.agent_mcp_host}:{port}/mcp"
+        self.service.agent_mcp_url = self.agent_mcp_url
+        self.operator_token = secrets.token_urlsafe(32)
+        self.tokens._by_token[self.operator_token] = OPERATOR  # noqa: SLF001 - the operator's own token
+        self.recovery = await recover(self.ledger, backend)
+        for sid, agent in self.recovery.pop("attached", []):
+            readopt(self.service, sid, agent)
+        return self
+
+    async def stop(self) -> None:
+        if self.service is not None:
+            await self.service.shutdown()
+            await self.service.backend.close()  # type: ignore[attr-defined]
+        if self._http is not None:
+            self._http.should_exit = True
+            if self._http_task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._http_task, 10)
+        if self.ledger is not None:
+            self.ledger.close()
+
+    async def __aenter__(self) -> Engine:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
