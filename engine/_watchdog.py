@@ -1,26 +1,32 @@
-"""Guard of one `opencode serve` process group (stdlib only; run by path, not imported).
+"""Guard of one `opencode serve` and everything it starts, and the /proc helpers it needs.
+
+Stdlib only: the engine runs it by path with ``python -I``, and imports its helpers.
 
 Usage: ``python _watchdog.py PARENT_PID GRACE -- COMMAND...``
 
-Started in a new session, so it leads a process group; it runs COMMAND in that group and waits.
-It ends the whole group (SIGTERM, then SIGKILL after GRACE seconds) when
+Started in a new session, it leads a process group, runs COMMAND in it and becomes a Linux "child
+subreaper", so processes COMMAND starts in sessions of their own (OpenCode runs every bash tool
+call with ``setsid``) are re-parented to the watchdog, not to init, when COMMAND dies. It ends
+all its descendants (SIGTERM, then SIGKILL after GRACE seconds) when
 
 * its parent (our engine) is gone, even after ``kill -9``: ``getppid()`` stops being PARENT_PID;
 * it gets SIGTERM, SIGINT or SIGHUP (the engine's graceful stop sends SIGTERM to the group).
 
-When COMMAND exits by itself, whatever else is left in the group is killed and the watchdog exits
-with COMMAND's status. This is why no `opencode` process can outlive the engine that started it.
+When COMMAND exits by itself, its leftovers are killed and the watchdog exits with COMMAND's
+status. So no process started for an agent can outlive the engine that started it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
 
+PR_SET_CHILD_SUBREAPER = 36
 _stop_requested = False
 
 
@@ -29,43 +35,115 @@ def _request_stop(signum: int, frame: object) -> None:
     _stop_requested = True
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of process group ``pgid``, the caller excluded; empty off Linux."""
-    members: list[int] = []
+def proc_table() -> dict[int, tuple[int, int]]:
+    """``{pid: (ppid, pgid)}`` of live (non-zombie) processes; empty off Linux."""
+    table: dict[int, tuple[int, int]] = {}
     try:
         names = os.listdir("/proc")
     except OSError:
-        return members
+        return table
     for name in names:
-        if not name.isdigit() or int(name) == os.getpid():
+        if not name.isdigit():
             continue
         try:
             with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read().decode(errors="replace")
+                stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 2 and fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(name))
-    return members
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and fields[0] != b"Z":
+            table[int(name)] = (int(fields[1]), int(fields[2]))
+    return table
 
 
-def _kill_others(sig: int) -> None:
-    for pid in group_members(os.getpgrp()):
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid``, the caller excluded; empty off Linux."""
+    me = os.getpid()
+    return [pid for pid, (_, group) in proc_table().items() if group == pgid and pid != me]
+
+
+def descendants(pid: int) -> list[int]:
+    """Live descendants of ``pid`` (children, their children, ...); empty off Linux."""
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in proc_table().items():
+        children.setdefault(parent, []).append(child)
+    found, todo = [], list(children.get(pid, ()))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(children.get(child, ()))
+    return found
+
+
+def children(pid: int) -> list[int]:
+    """Live direct children of ``pid``."""
+    return [child for child, (parent, _) in proc_table().items() if parent == pid]
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc: ask the kernel (a zombie counts as alive there)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat[stat.rfind(b")") + 2 :][:1] != b"Z"
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any live process is left in process group ``pgid``."""
+    if os.path.isdir("/proc"):
+        return bool(group_members(pgid))
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _signal_all(sig: int) -> None:
+    targets = set(descendants(os.getpid())) | set(group_members(os.getpgrp()))
+    if not targets and not os.path.isdir("/proc"):
+        with contextlib.suppress(OSError):  # off Linux the group is all we can see
+            os.killpg(os.getpgrp(), sig)
+        return
+    for pid in targets:
         with contextlib.suppress(OSError):
             os.kill(pid, sig)
 
 
-def _end_group(child: subprocess.Popen[bytes], grace: float) -> None:
+def _reap(child: subprocess.Popen[bytes]) -> None:
+    """Collect exited children (ours and adopted ones); note COMMAND's status on ``child``."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if pid == child.pid:
+            child.returncode = os.waitstatus_to_exitcode(status)
+
+
+def _end_all(child: subprocess.Popen[bytes], grace: float) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    with contextlib.suppress(OSError):
-        os.killpg(os.getpgrp(), signal.SIGTERM)
+    _signal_all(signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline:
-        if child.poll() is not None and not group_members(os.getpgrp()):
+        _reap(child)
+        if child.returncode is not None and not descendants(os.getpid()):
             return
         time.sleep(0.05)
-    os.killpg(os.getpgrp(), signal.SIGKILL)  # the watchdog goes too: nothing left to guard
+    _signal_all(signal.SIGKILL)
+    _reap(child)
 
 
 def main(argv: list[str]) -> int:
@@ -77,17 +155,19 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, _request_stop)
     if os.getppid() != parent:
         return 3
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     child = subprocess.Popen(command, stdin=subprocess.DEVNULL)
-    while True:
-        try:
-            code = child.wait(timeout=0.1)
-        except subprocess.TimeoutExpired:
-            if _stop_requested or os.getppid() != parent:
-                _end_group(child, grace)
-                return 0
-            continue
-        _kill_others(signal.SIGKILL)
-        return code if code >= 0 else 128 - code
+    while child.returncode is None:
+        if _stop_requested or os.getppid() != parent:
+            _end_all(child, grace)
+            return 0
+        time.sleep(0.1)
+        _reap(child)
+    _signal_all(signal.SIGKILL)  # leftovers of a COMMAND that ended by itself
+    _reap(child)
+    code = child.returncode
+    return code if code >= 0 else 128 - code
 
 
 if __name__ == "__main__":

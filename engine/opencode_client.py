@@ -102,7 +102,10 @@ class EventStream:
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             remaining = None if deadline is None else max(0.0, deadline - loop.time())
-            event = await self._next_raw(remaining)
+            try:
+                event = await self._next_raw(remaining)
+            except OpenCodeTimeout:
+                raise OpenCodeTimeout("the next OpenCode event", timeout or 0.0) from None
             if self._wanted(event):
                 return event
 
@@ -116,6 +119,8 @@ class EventStream:
                 raise OpenCodeTimeout("an OpenCode event matching the condition", timeout)
             try:
                 event = await self.next(remaining)
+            except OpenCodeTimeout:
+                raise OpenCodeTimeout("an OpenCode event matching the condition", timeout) from None
             except StopAsyncIteration:
                 raise OpenCodeHTTPError("GET", "/event", None, reason="stream ended") from None
             if predicate(event):

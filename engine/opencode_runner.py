@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from engine._watchdog import group_members
+from engine._watchdog import children, descendants, group_alive, group_members, process_alive
 from engine.errors import OpenCodeError, OpenCodeStartError, OpenCodeTimeout
 from engine.opencode_client import OpenCodeClient
 from engine.opencode_config import OFFLINE_ENV
@@ -64,51 +64,6 @@ def find_opencode_binary(env: Mapping[str, str] | None = None) -> Path:
         f"opencode binary not found (looked for $OPENCODE_BIN and {BUNDLED_BINARY}); "
         "run `.ci/dev setup` (it runs `npm ci --prefix engine/npm`) or set OPENCODE_BIN"
     )
-
-
-def process_alive(pid: int) -> bool:
-    """Whether ``pid`` exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return stat[stat.rfind(b")") + 2 :][:1] != b"Z"
-
-
-def group_alive(pgid: int) -> bool:
-    """Whether any live (non-zombie) process is left in process group ``pgid``."""
-    if os.path.isdir("/proc"):
-        return bool(group_members(pgid))
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for name in os.listdir("/proc") if os.path.isdir("/proc") else ():
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1 and int(fields[1]) == pid:
-            found.append(int(name))
-    return found
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -263,8 +218,9 @@ class OpenCodeService:
     # -- start ------------------------------------------------------------------------------
     async def start(self) -> Self:
         """Start the server and wait until ``GET /global/health`` says healthy."""
-        if self._proc is not None:
+        if self.is_alive():
             raise OpenCodeStartError("opencode server is already started")
+        await self.stop(abort_sessions=False)  # leftovers of a server that died by itself
         binary = self.binary or find_opencode_binary()
         password = secrets.token_urlsafe(24)
         env = self.build_env(password)
@@ -305,9 +261,9 @@ class OpenCodeService:
             url, port = await self._wait_for_url(offset, deadline)
             self._client = OpenCodeClient(url, password, username=USERNAME, timeout=self.request_timeout)
             health = await self._wait_healthy(self._client, offset, deadline)
-            children = _children(self._proc.pid)
+            kids = children(self._proc.pid)
             self._info = ServerInfo(
-                pid=children[0] if children else self._proc.pid,
+                pid=kids[0] if kids else self._proc.pid,
                 pgid=self._proc.pid,
                 port=port,
                 url=url,
@@ -384,8 +340,11 @@ class OpenCodeService:
         return await self.start()
 
     def kill(self) -> None:
-        """SIGKILL the whole group now, without asking anything (for emergencies and finalizers)."""
+        """SIGKILL the group and its descendants now, without asking anything (for emergencies)."""
         if self._proc is not None:
+            for pid in descendants(self._proc.pid):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
             _signal_group(self._proc.pid, signal.SIGKILL)
 
     async def _abort_busy_sessions(self, client: OpenCodeClient, settle: float = 3.0) -> None:
@@ -411,21 +370,28 @@ class OpenCodeService:
         if proc is None:
             return
         pgid = proc.pid
-        _signal_group(pgid, signal.SIGTERM)
-        if not await self._wait_group_gone(proc, grace):
+        tree = set(descendants(pgid)) | set(group_members(pgid))
+        _signal_group(pgid, signal.SIGTERM)  # the watchdog then ends the tree, detached tool processes too
+        if not await self._wait_gone(proc, tree, grace + 1.0):
             log.warning("opencode group %s still alive %.1fs after SIGTERM; sending SIGKILL", pgid, grace)
             _signal_group(pgid, signal.SIGKILL)
-            if not await self._wait_group_gone(proc, 5.0):
-                raise OpenCodeStartError(f"processes of group {pgid} survive SIGKILL: {group_members(pgid)}")
+            for pid in tree:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            if not await self._wait_gone(proc, tree, 5.0):
+                left = sorted(pid for pid in tree if process_alive(pid))
+                raise OpenCodeStartError(f"processes of opencode group {pgid} survive SIGKILL: {left}")
         self._proc = None
         self._info = None
 
     @staticmethod
-    async def _wait_group_gone(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    async def _wait_gone(proc: subprocess.Popen[bytes], tree: set[int], timeout: float) -> bool:
+        """Wait until the watchdog is reaped and neither its group nor any process of ``tree`` lives."""
         deadline = time.monotonic() + timeout
         while True:
-            proc.poll()  # reap the watchdog so it stops counting
-            if proc.returncode is not None and not group_alive(proc.pid):
+            proc.poll()
+            gone = proc.returncode is not None and not group_alive(proc.pid)
+            if gone and not any(process_alive(pid) for pid in tree):
                 return True
             if time.monotonic() >= deadline:
                 return False

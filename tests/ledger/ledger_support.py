@@ -1,0 +1,74 @@
+"""Helpers for the ledger tests: throw-away ledgers for Hypothesis examples, raw SQLite access for
+tampering, and running Python in a real child process."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from ledger import Entry, Ledger
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def fresh_ledger(**kwargs: Any) -> Iterator[Ledger]:
+    """A new ledger with its own key in its own temporary folder (one per Hypothesis example)."""
+    with tempfile.TemporaryDirectory(prefix="ledger-test-") as tmp:
+        led = Ledger.init(Path(tmp) / "l.db", key_path=Path(tmp) / "keys" / "k.key", **kwargs)
+        try:
+            yield led
+        finally:
+            led.close()
+
+
+def append_all(led: Ledger, steps: Iterable[tuple[str, BaseModel]]) -> list[Entry]:
+    return [led.append(stream, event) for stream, event in steps]
+
+
+@contextmanager
+def raw_db(path: Path | Ledger) -> Iterator[sqlite3.Connection]:
+    """A plain sqlite3 connection in autocommit mode: the tool of someone editing the file by hand."""
+    target = path.path if isinstance(path, Ledger) else path
+    with closing(sqlite3.connect(target, isolation_level=None, timeout=30)) as conn:
+        yield conn
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def run_child(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a fresh Python interpreter (same virtualenv, repo on the path); fail loudly."""
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=child_env(), capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def spawn_child(code: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def jcs_loads(payload: bytes) -> Any:
+    """Parse canonical JSON the way RFC 8785 means it: every number is a double, so integers beyond
+    2**53 (which only integral floats can produce) come back as floats, not as Python ints."""
+    import json
+
+    def number(text: str) -> int | float:
+        n = int(text)
+        return n if abs(n) <= 2**53 - 1 else float(n)
+
+    return json.loads(payload, parse_int=number)
