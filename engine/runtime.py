@@ -73,6 +73,8 @@ class Engine:
         self.service.agent_mcp_url = self.agent_mcp_url
         self.operator_token = secrets.token_urlsafe(32)
         self.tokens._by_token[self.operator_token] = OPERATOR  # noqa: SLF001 - the operator's own token
+        source = str(s.constitution_path) if s.constitution_path else None
+        await self.service.record_constitution(source)
         self.recovery = await recover(self.ledger, backend)
         for sid, agent in self.recovery.pop("attached", []):
             readopt(self.service, sid, agent)

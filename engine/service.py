@@ -33,6 +33,7 @@ from ledger.errors import PayloadError
 from schemas.events import (
     TERMINAL_STATUSES,
     AgentSpawned,
+    ConstitutionLoaded,
     DelegationRequested,
     DelegationRevoked,
     GateDecided,
@@ -90,6 +91,16 @@ class DelegationService:
             ledger, backend, max_concurrent=settings.max_concurrent, on_finished=self._finished
         )
 
+    async def record_constitution(self, source: str | None) -> None:
+        """Record the ruleset in force when it differs from the last one the ledger holds."""
+        last = next(self.ledger.entries(types=["constitution.loaded"], descending=True, limit=1), None)
+        current = self.constitution.ruleset_hash
+        if last is not None and (last.data() or {}).get("ruleset_hash") == current:
+            return
+        await self.ledger.append_async("ledger", ConstitutionLoaded(
+            ruleset_hash=current, profile=self.constitution.profile, source=source,
+            document={"rules_version": gate.RULES_VERSION, **self.constitution.model_dump(mode="json")}))
+
     async def _finished(self, session_id: str) -> None:
         self.tokens.revoke(session_id)
 
@@ -102,12 +113,21 @@ class DelegationService:
         """The parent session of a call: the session the caller's token belongs to (never a claim)."""
         return None if caller in (None, OPERATOR) else caller
 
-    def judge(self, raw: dict[str, Any], parent: str | None) -> Verdict:
-        """Run the gate against the current ledger and constitution (no recording)."""
+    def judge(self, raw: dict[str, Any], parent: str | None) -> tuple[Verdict, datetime, dict[str, Any]]:
+        """Run the gate against the current ledger and constitution (no recording).
+
+        Returns the verdict, the time it was taken at, and the facts resolved outside the ledger
+        (directory, role catalogue), which are recorded so that an auditor can re-run it.
+        """
         project = raw.get("project_directory") if isinstance(raw.get("project_directory"), str) else None
         known = frozenset(self.roles(project))
         ctx = build_context(self.ledger, raw, parent, known)
-        return gate.evaluate(raw, ctx, self.clock(), self.constitution)
+        now = self.clock()
+        facts = {"known_roles": sorted(known), "parents": [h.session_id for h in ctx.parents],
+                 "directory": None if ctx.directory is None else {
+                     "path": ctx.directory.path, "exists": ctx.directory.exists, "is_dir": ctx.directory.is_dir,
+                     "real_path": ctx.directory.real_path}}
+        return gate.evaluate(raw, ctx, now, self.constitution), now, facts
 
     async def spawn(
         self, raw: dict[str, Any], *, caller: str | None = None, via: str = "mcp"
@@ -137,7 +157,7 @@ class DelegationService:
                 ),
             )
             with logfire.span("gate.evaluate", session_id=session_id) as span:
-                verdict = self.judge(raw, parent)
+                verdict, judged_at, facts = self.judge(raw, parent)
                 span.set_attribute("decision", verdict.decision)
                 span.set_attribute("rules", [f.rule for f in verdict.violations])
             depth = 0 if parent is None else (self.ledger.session(parent).depth + 1)  # type: ignore[union-attr]

@@ -73,6 +73,9 @@ class GateDecided(_Event):
     parent_session_id: str | None = None
     depth: int = Field(0, ge=0)
     request_hash: str | None = Field(None, description="SHA-256 of the canonical request")
+    evaluated_at: Timestamp | None = Field(None, description="the time handed to the gate")
+    facts: dict[str, Any] = Field(default_factory=dict, description="what the engine resolved outside the "
+                                  "ledger for this decision (directory, role catalogue), so it can be re-run")
 
 
 class AgentSpawned(_Event):
@@ -211,6 +214,16 @@ class BudgetExceeded(_Event):
     charged_to: NonEmptyStr = Field(description="the session whose budget ran out (self or an ancestor)")
 
 
+class ConstitutionLoaded(_Event):
+    """The rules in force from now on: recorded when the engine starts with a new ruleset."""
+
+    type: Literal["constitution.loaded"] = "constitution.loaded"
+    ruleset_hash: NonEmptyStr
+    profile: NonEmptyStr
+    document: dict[str, Any] = Field(description="the normalised constitution the hash was computed over")
+    source: str | None = None
+
+
 class AuditIssued(_Event):
     type: Literal["audit.issued"] = "audit.issued"
     report_sha256: NonEmptyStr
@@ -235,6 +248,7 @@ Event = Annotated[
     | Pruned
     | OperatorNote
     | BudgetExceeded
+    | ConstitutionLoaded
     | AuditIssued,
     Field(discriminator="type"),
 ]
