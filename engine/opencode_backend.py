@@ -172,17 +172,24 @@ class OpenCodeBackend:
         state_dir = self.state_root / spec.session_id
         service = self._service(spec.project_directory, state_dir, self._config(spec.permission, mcp))
         await service.start()
+        agent: OpenCodeAgent | None = None
         try:
             client = service.client
-            session = await client.create_session(spec.title, metadata=spec.metadata,
-                                                  permission=session_permission_rules(spec.permission))
             info = service.info
-            agent = OpenCodeAgent(service, client, session["id"], spec, info.pid, info.url)
-            await agent.open_events()
+            agent = OpenCodeAgent(service, client, "", spec, info.pid, info.url)
+            # the event stream opens while the session is created: both must be ready before the prompt
+            session, _ = await asyncio.gather(
+                client.create_session(spec.title, metadata=spec.metadata,
+                                      permission=session_permission_rules(spec.permission)),
+                agent.open_events())
+            agent.opencode_session_id = session["id"]
             _write_private(state_dir / "server.json", {"url": info.url, "pid": info.pid, "password": info.password,
                                                         "opencode_session_id": session["id"]})
         except BaseException:
-            await service.stop(abort_sessions=False)
+            if agent is not None:
+                await agent.close()  # closes the event stream and stops the server
+            else:
+                await service.stop(abort_sessions=False)
             raise
         return agent
 
