@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import logfire
 from fastmcp import Context, FastMCP
 from fastmcp.exceptions import ToolError
+from fastmcp.exceptions import ValidationError as ArgumentsError
 from fastmcp.server.dependencies import get_access_token
 from fastmcp.server.middleware import Middleware, MiddlewareContext
 from fastmcp.tools.base import ToolResult
@@ -63,7 +64,7 @@ class RecordMalformedSpawns(Middleware):
         with logfire.span("mcp.tool {tool}", tool=name):
             try:
                 return await call_next(context)
-            except ValidationError:
+            except (ArgumentsError, ValidationError):  # FastMCP 4.1 wraps pydantic's in its own
                 if name not in SPAWN_TOOLS:
                     raise
             raw = {
@@ -368,5 +369,35 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
         """Verify the whole ledger: every link, payload hash and signed checkpoint."""
         report = await asyncio.to_thread(service.ledger.verify)
         return report.to_json()
+
+    # -- compliance audit (engine/audit; docs/audit.md) ------------------------------------------------
+    @mcp.tool
+    async def audit_task(
+        task_id: Str, since: str | None = None, until: str | None = None, session_id: str | None = None
+    ) -> dict[str, Any]:
+        """Compliance audit of a task's delegation chains, from the ledger alone: the tree with every
+        verdict re-run, actions, costs, refusals, findings. Returns {report, report_sha256}. `since` and
+        `until` are RFC 3339 times; `session_id` limits the audit to one subtree."""
+        from engine.audit import AuditInputError, build_report, seal
+        from schemas.base import parse_rfc3339
+
+        if service.parent_of(caller()) is not None:  # a sub-agent audits only its own subtree
+            if session_id is None:
+                raise ToolError("a sub-agent may audit only its own delegations: pass session_id")
+            try:
+                service.check_access(caller(), session_id)
+            except DelegationError as exc:
+                raise _tool_error(exc) from None
+        try:
+            window = {k: parse_rfc3339(v) for k, v in (("since", since), ("until", until)) if v}
+        except ValueError as exc:
+            raise ToolError(f"since/until: {exc}") from None
+        try:
+            report = await asyncio.to_thread(build_report, service.ledger, task_id, session_id=session_id,
+                                             current=service.constitution,
+                                             current_source="the engine's constitution in force", **window)
+        except AuditInputError as exc:
+            raise ToolError(str(exc)) from None
+        return seal(report)
 
     return mcp

@@ -68,7 +68,8 @@ class PermissionPolicy:
         if dc.scopes is not None:
             actions = _granted_actions(dc.scopes)
             for perm, action in _ACTION_OF.items():
-                ok = _covers(actions, action)
+                # leaving the project needs an explicit fs/external: `repo:src/**#fs` is about the repo
+                ok = action in actions if perm == "external_directory" else _covers(actions, action)
                 rules[perm] = "allow" if ok else "deny"
                 reasons[perm] = (
                     f"scope grants {action}"
@@ -88,6 +89,9 @@ class PermissionPolicy:
             )
         rules["doom_loop"] = "deny"
         reasons["doom_loop"] = "repeated identical tool calls are refused"
+        # OpenCode's `question` tool waits for a human answer that never comes in a headless server
+        rules["question"] = "deny"
+        reasons["question"] = "no human answers questions during a delegation; report them in the final answer"
         lowered = " ".join(constraints).lower()
         if any(k in lowered for k in ("no shell", "no bash", "read-only", "read only")):
             for perm in ("bash", "edit", "write") if "read" in lowered else ("bash",):
@@ -97,12 +101,8 @@ class PermissionPolicy:
 
     def opencode_config(self) -> dict[str, Any]:
         """The `permission` block of the agent's OpenCode config."""
-        cfg: dict[str, Any] = {
-            k: v
-            for k, v in self.rules.items()
-            if k in ("edit", "bash", "webfetch", "external_directory", "doom_loop", "read", "task")
-        }
-        return cfg
+        # every rule: OpenCode takes any permission name (grep, glob, list... are permissions of their own)
+        return dict(self.rules)
 
     def decide(self, permission: str, patterns: list[str] | None = None) -> tuple[Reply, str]:
         """Answer one `permission.asked`: ('once' | 'reject', the reason recorded on the ledger)."""

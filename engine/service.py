@@ -170,6 +170,8 @@ class DelegationService:
                     parent_session_id=parent,
                     depth=depth,
                     request_hash=hashlib.sha256(canonical_bytes(request_copy)).hexdigest(),
+                    evaluated_at=judged_at,
+                    facts=facts,
                 ),
             )
             if verdict.decision != "approved":

@@ -17,7 +17,7 @@ from ledger.errors import (
     StorageError,
     StorageFull,
 )
-from ledger.verify import ChainBroken, VerifyReport, verify_entries
+from ledger.verify import ChainBroken, VerifyReport, verify_entries, verify_rows
 
 __all__ = [
     "LEDGER_STREAM",
@@ -37,4 +37,5 @@ __all__ = [
     "canonical_bytes",
     "encode_event",
     "verify_entries",
+    "verify_rows",
 ]

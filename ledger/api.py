@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 import uuid
@@ -31,7 +32,7 @@ from ledger.merkle import CompactRange
 from ledger.paths import key_path_for
 from ledger.prune import PruneReport
 from ledger.replay import ReplayReport
-from ledger.verify import StoredCheckpoint, VerifyReport, verify_entries
+from ledger.verify import StoredCheckpoint, VerifyReport, verify_rows
 from ledger.writer import Pending, Writer
 from schemas.events import CheckpointSigned, Pruned, parse_event_payload
 from schemas.state import SessionState
@@ -47,19 +48,47 @@ def _describe_validation(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _non_finite(value: Any, path: str) -> tuple[str, float] | None:
+    """(path, value) of the first NaN or infinite float inside a model or container, else None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path or "(payload)", value)
+    if isinstance(value, BaseModel):
+        items: Any = ((k, getattr(value, k)) for k in type(value).model_fields)
+    elif isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def encode_event(event: BaseModel | Mapping[str, Any]) -> tuple[str, bytes, dict[str, Any]]:
     """(type, canonical bytes, JSON data) of an event model or a payload dict with a `type`."""
     if isinstance(event, BaseModel):
-        data = event.model_dump(mode="json")
+        model = event
     else:
         try:
-            data = parse_event_payload(dict(event)).model_dump(mode="json")
+            model = parse_event_payload(dict(event))
         except ValidationError as exc:
             raise PayloadError(f"invalid {event.get('type', 'event')!r} payload: {_describe_validation(exc)}") from exc
+    # the models keep NaN/Infinity as floats when dumped (ser_json_inf_nan="constants"), so the
+    # canonical encoder refuses them; the walk below only runs then, to name the field
+    data = model.model_dump(mode="json")
     type_ = data.get("type")
     if not isinstance(type_, str) or not type_:
         raise PayloadError(f"payload has no 'type' (expected one of the event types, got {type_!r})")
-    return type_, canonical_bytes(data), data
+    try:
+        return type_, canonical_bytes(data), data
+    except PayloadError:
+        bad = _non_finite(model, "")
+        if bad is not None:
+            raise PayloadError(f"payload field {bad[0]} holds {bad[1]!r}, which JSON cannot represent") from None
+        raise
 
 
 class Ledger:
@@ -124,8 +153,13 @@ class Ledger:
 
     # -- appending ---------------------------------------------------------------------------
     def _pending(self, stream: str, event: BaseModel | Mapping[str, Any]) -> Pending:
-        if not isinstance(stream, str) or not stream or len(stream.encode()) > MAX_STREAM_BYTES:
-            raise PayloadError(f"stream must be a non-empty string of at most {MAX_STREAM_BYTES} bytes (got {stream!r:.80})")
+        try:
+            size = len(stream.encode()) if isinstance(stream, str) else 0
+        except UnicodeEncodeError:  # a lone surrogate has no UTF-8 form: refused like any invalid name
+            size = 0
+        if not size or size > MAX_STREAM_BYTES:
+            raise PayloadError(f"stream must be a non-empty UTF-8 string of at most {MAX_STREAM_BYTES} bytes "
+                               f"(got {stream!r:.80})")
         type_, payload, data = encode_event(event)
         if len(type_.encode()) > MAX_TYPE_BYTES:
             raise PayloadError(f"event type longer than {MAX_TYPE_BYTES} bytes")
@@ -249,8 +283,8 @@ class Ledger:
         """Stream the whole chain and check every link, payload and checkpoint."""
         conn = store.connect(self.path, durable=self.durable, readonly=True)
         try:
-            return verify_entries(
-                store.iter_entries(conn),
+            return verify_rows(
+                store.iter_rows(conn),
                 checkpoints=self.checkpoints(),
                 verifier=verifier if verifier is not None else self.verifier(),
                 origin=self.origin,
@@ -296,7 +330,12 @@ class Ledger:
 
         written, digest = write_archive(Path(archive), header, archived())
         report.archive, report.archive_sha256 = str(archive), digest
-        snapshots = [{"session_id": sid, "state": store.read_session(conn, sid)} for sid in sessions]
+        # Pruned events also changed other sessions (a spawn adds to the parent's children, an output rolls up
+        # into every ancestor, a revocation ends a subtree): snapshot the whole delegation tree of each pruned
+        # session, or replay, which cannot fold pruned payloads, would drift on those relatives.
+        pruned_ids = set(sessions)
+        snapshots = [{"session_id": sid, "state": prune_mod.redact(store.read_session(conn, sid)) if sid in pruned_ids
+                      else store.read_session(conn, sid)} for sid in prune_mod.related_sessions(conn, sessions)]
         event = Pruned(cutoff=cutoff, entries=written, payload_bytes=report.payload_bytes,
                        sessions=[s for s in snapshots if s["state"] is not None],  # type: ignore[misc]
                        archive=str(archive), archive_sha256=digest)
@@ -342,7 +381,8 @@ class Ledger:
             report.events = store.read_head(conn).size
             report.sessions = len(sessions)
             if check:
-                report.drift = replay_mod.compare(sessions, replay_mod.stored(conn))
+                report.drift = (replay_mod.compare(sessions, replay_mod.stored(conn))
+                                + replay_mod.column_drift(sessions, conn))
                 conn.execute("COMMIT")
             else:
                 replay_mod.write_sessions(conn, sessions, report.events)

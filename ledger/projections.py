@@ -108,7 +108,9 @@ class Projector:
             if data.get("reply") == "reject":
                 state["permissions_rejected"] += 1
         elif type_ == "budget.exceeded":
-            state["end_reason"] = f"budget exceeded: {data['limit']} used {data['used']} of {data['allowed']}"
+            # float(): the live fold sees 150.0 where replay reads the canonical bytes' 150 (JCS drops ".0")
+            state["end_reason"] = (f"budget exceeded: {data['limit']} used {float(data['used'])!r} "
+                                   f"of {float(data['allowed'])!r}")
         elif type_ == "delegation.revoked":
             for sid in [data["session_id"], *data.get("subtree", [])]:
                 target = state if sid == state["session_id"] else store.get(sid)

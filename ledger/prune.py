@@ -12,7 +12,7 @@ import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,6 @@ def choose_streams(conn: sqlite3.Connection, cutoff: datetime) -> tuple[list[tup
     A session stream qualifies when its session is terminal and ended before the cutoff; a stream
     without a session (a refused request, a note) when its newest entry is before the cutoff.
     """
-    cutoff_iso = cutoff.astimezone(UTC).isoformat().replace("+00:00", "Z")
     cutoff_us = datetime_to_us(cutoff)
     statuses = {sid: (status, json.loads(state).get("ended_at"))
                 for sid, status, state in conn.execute("SELECT session_id, status, state FROM sessions")}
@@ -62,12 +61,58 @@ def choose_streams(conn: sqlite3.Connection, cutoff: datetime) -> tuple[list[tup
             continue
         if name in statuses:
             status, ended_at = statuses[name]
-            if status in TERMINAL_STATUSES and ended_at is not None and ended_at < cutoff_iso and newest_us < cutoff_us:
+            # compare instants, not ISO strings: "...:05.2Z" < "...:05Z" as text although it is later
+            if (status in TERMINAL_STATUSES and ended_at is not None and newest_us < cutoff_us
+                    and datetime.fromisoformat(ended_at.replace("Z", "+00:00")) < cutoff):
                 chosen.append((sid, name))
                 sessions.append(name)
         elif newest_us < cutoff_us:
             chosen.append((sid, name))
     return chosen, sessions, active
+
+
+def related_sessions(conn: sqlite3.Connection, session_ids: list[str]) -> list[str]:
+    """The given sessions, then every other session of their delegation trees (ancestors and same root)."""
+    out = list(session_ids)
+    seen = set(out)
+    roots: set[str] = set()
+    for sid in session_ids:
+        cur: str | None = sid
+        walked: set[str] = set()
+        while cur is not None and cur not in walked:  # up the parent chain, safe against cycles
+            walked.add(cur)
+            row = conn.execute("SELECT parent_session_id, root_session_id FROM sessions WHERE session_id = ?",
+                               (cur,)).fetchone()
+            if row is None:
+                break
+            if cur not in seen:
+                seen.add(cur)
+                out.append(cur)
+            roots.add(row[1])
+            cur = row[0]
+    for root in sorted(roots):
+        rows = conn.execute("SELECT session_id FROM sessions WHERE root_session_id = ? ORDER BY session_id",
+                            (root,))
+        for (sid,) in rows:
+            if sid not in seen:
+                seen.add(sid)
+                out.append(sid)
+    return out
+
+
+#: free-text fields of a session's state that come from payloads: they leave with the payloads
+REDACTED_FIELDS = ("last_output", "end_reason")
+
+
+def redact(state: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A pruned session's snapshot: its counters, tree and status stay; its payload-derived text goes."""
+    if state is None:
+        return None
+    out = dict(state)
+    for key in REDACTED_FIELDS:
+        if out.get(key) is not None:
+            out[key] = "(pruned)"
+    return out
 
 
 def null_payloads(stream_ids: list[int]) -> Callable[[sqlite3.Connection], None]:

@@ -55,6 +55,26 @@ def stored(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
     return {sid: json.loads(state) for sid, state in conn.execute("SELECT session_id, state FROM sessions")}
 
 
+_QUERY_COLUMNS = ("task_id", "status", "parent_session_id", "root_session_id", "ended_at")
+
+
+def column_drift(rebuilt: dict[str, dict[str, Any]], conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Indexed columns (what `sessions(...)` queries filter on) that disagree with the rebuilt state."""
+    drift: list[dict[str, Any]] = []
+    sql = f"SELECT session_id, {', '.join(_QUERY_COLUMNS)} FROM sessions ORDER BY session_id"  # noqa: S608
+    for sid, *columns in conn.execute(sql):
+        want = rebuilt.get(sid)
+        if want is None:
+            continue  # already reported as stored_only
+        for key, value in zip(_QUERY_COLUMNS, columns, strict=True):
+            if want.get(key) != value:
+                drift.append({"session_id": sid, "field": key, "problem": "column_differs",
+                              "expected": want.get(key), "actual": value,
+                              "message": f"session {sid}: the {key} column is {value!r} but "
+                                         f"{want.get(key)!r} when rebuilt from the events"})
+    return drift
+
+
 def compare(rebuilt: dict[str, dict[str, Any]], current: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """Every difference between a rebuild and the stored projections, named by session and field."""
     drift: list[dict[str, Any]] = []

@@ -8,6 +8,8 @@ signatures against the public key.
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -62,7 +64,7 @@ class VerifyReport:
             "entries": self.entries,
             "pruned_payloads": self.pruned,
             "head": self.head,
-            "merkle_root": self.root,
+            "merkle_root_at_newest_checkpoint": self.root,
             "checkpoints_checked": self.checkpoints_checked,
             "newest_checkpoint_size": self.newest_checkpoint_size,
             "first_bad_seq": None if self.broken is None else self.broken.seq,
@@ -109,13 +111,13 @@ def _classify(prev: bytes, cur: Entry, nxt: Entry | None) -> ChainBroken:
                        expected=_recompute(prev, cur).hex(), actual=cur.hash.hex())
 
 
-def _lookahead(entries: Iterable[Entry]) -> Iterator[tuple[Entry, Entry | None]]:
-    it = iter(entries)
-    cur = next(it, None)
-    while cur is not None:
-        nxt = next(it, None)
-        yield cur, nxt
-        cur = nxt
+Row = tuple[int, str, str, int, "bytes | None", "bytes | None", bytes, bytes]
+"""(seq, stream, type, recorded_at_us, payload, salt, payload_hash, hash): an entry as stored."""
+
+
+def _entry(row: Row, prev: bytes) -> Entry:
+    seq, stream, type_, at, payload, salt, phash, h = row
+    return Entry(seq, stream, type_, at, payload, salt, phash, prev, h)
 
 
 def verify_entries(
@@ -128,7 +130,23 @@ def verify_entries(
     start_seq: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> VerifyReport:
-    """Check every link, payload hash and checkpoint; stop at the first problem."""
+    """Check every link, payload hash and checkpoint of any iterable of entries; stop at the first problem."""
+    rows = ((e.seq, e.stream, e.type, e.recorded_at_us, e.payload, e.salt, e.payload_hash, e.hash) for e in entries)
+    return verify_rows(rows, checkpoints=checkpoints, verifier=verifier, origin=origin, start_prev=start_prev,
+                       start_seq=start_seq, progress=progress)
+
+
+def verify_rows(
+    rows: Iterable[Row],
+    *,
+    checkpoints: Sequence[StoredCheckpoint] = (),
+    verifier: Verifier | None = None,
+    origin: str | None = None,
+    start_prev: bytes = chain.GENESIS_HASH,
+    start_seq: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> VerifyReport:
+    """The verifier's loop over stored rows (no object per row; Entries are built only to explain a break)."""
     report = VerifyReport()
     wanted: dict[int, list[tuple[bytes | None, bytes, StoredCheckpoint]]] = {}
     for cp in checkpoints:
@@ -137,17 +155,22 @@ def verify_entries(
             return report
         if parsed is not None:
             wanted.setdefault(cp.size, []).append(parsed)
-    newest = max((cp.size for cp in checkpoints), default=0)
-    report.newest_checkpoint_size = newest if checkpoints else None
-    merkle = CompactRange()
+    report.newest_checkpoint_size = max((cp.size for cp in checkpoints), default=0) if checkpoints else None
+    # the Merkle tree is only needed up to the largest checkpoint it must be compared with
+    merkle_until = max(wanted, default=0)
+    peaks: dict[int, bytes] = {}
     prev = start_prev
     expected_seq = start_seq
-    last_us = 0
-    payload_hash = chain.payload_hash
-    chain_hash = chain.chain_hash
+    last_us = -(2**63)
     count = 0
-    for cur, nxt in _lookahead(entries):
-        seq = cur.seq
+    pruned = 0
+    sha256 = hashlib.sha256
+    pack = struct.Struct(">Qq").pack
+    pd, ed = chain.PAYLOAD_DOMAIN, chain.ENTRY_DOMAIN
+    names: dict[str, bytes] = {}
+    it = iter(rows)
+    for row in it:
+        seq, stream, type_, at, payload, salt, phash, h = row
         if seq != expected_seq:
             if seq > expected_seq:
                 report.broken = ChainBroken(expected_seq, "missing_entry",
@@ -159,48 +182,63 @@ def verify_entries(
                                             expected=str(expected_seq), actual=str(seq))
             break
         try:
-            if cur.payload is not None:
-                if cur.salt is None or payload_hash(cur.salt, cur.payload) != cur.payload_hash:
+            if payload is not None:
+                if salt is None or sha256(pd + salt + payload).digest() != phash:
                     report.broken = ChainBroken(seq, "payload_altered",
                                                 f"entry {seq}: the payload does not match its recorded hash",
-                                                expected=cur.payload_hash.hex(),
-                                                actual=payload_hash(cur.salt or b"", cur.payload).hex())
+                                                expected=phash.hex(),
+                                                actual=sha256(pd + (salt or b"") + payload).digest().hex())
                     break
             else:
-                report.pruned += 1
-            if chain_hash(prev, seq, cur.stream, cur.type, cur.recorded_at_us, cur.payload_hash) != cur.hash:
-                report.broken = _classify(prev, cur, nxt)
+                pruned += 1
+            s = names.get(stream)
+            if s is None:
+                if len(names) > 4096:
+                    names.clear()  # bounded: memory stays constant whatever the ledger's size
+                s = names[stream] = len(stream.encode()).to_bytes(2, "big") + stream.encode()
+            t = type_.encode()
+            if sha256(ed + prev + pack(seq, at) + s + bytes((len(t),)) + t + phash).digest() != h:
+                report.broken = _classify(prev, _entry(row, prev), _next_entry(it, h))
                 break
-            if cur.recorded_at_us < last_us:
+            if at < last_us:
                 report.broken = ChainBroken(seq, "reordered_entries",
                                             f"entry {seq} was recorded before entry {seq - 1}: time goes backwards")
                 break
         except (TypeError, AttributeError, ValueError, OverflowError) as exc:
-            kind: Problem = "payload_altered" if not isinstance(cur.payload, bytes | None) else "header_altered"
+            kind: Problem = "payload_altered" if not isinstance(payload, bytes | None) else "header_altered"
             report.broken = ChainBroken(seq, kind, f"entry {seq}: a stored column has the wrong type or form ({exc})")
             break
-        last_us = cur.recorded_at_us
-        merkle.append(cur.hash)
-        prev = cur.hash
+        last_us = at
+        prev = h
         expected_seq += 1
         count += 1
-        if seq in wanted:
-            for head, root, cp in wanted.pop(seq):
-                report.checkpoints_checked += 1
-                if (head is not None and head != cur.hash) or root != merkle.root():
-                    report.broken = ChainBroken(
-                        seq, "checkpoint_mismatch",
-                        f"the ledger up to entry {seq} differs from the signed checkpoint of size {cp.size}: "
-                        "the chain was rewritten",
-                        expected=(head or root).hex(), actual=(cur.hash if head is not None else merkle.root()).hex())
+        if seq <= merkle_until:
+            node = sha256(b"\x00" + h).digest()
+            level = 0
+            size = seq - start_seq
+            while size >> level & 1:
+                node = sha256(b"\x01" + peaks.pop(level) + node).digest()
+                level += 1
+            peaks[level] = node
+            if seq in wanted:
+                root = CompactRange(seq - start_seq + 1, peaks).root()
+                report.root = root.hex()
+                for head, want_root, cp in wanted.pop(seq):
+                    report.checkpoints_checked += 1
+                    if (head is not None and head != h) or want_root != root:
+                        report.broken = ChainBroken(
+                            seq, "checkpoint_mismatch",
+                            f"the ledger up to entry {seq} differs from the signed checkpoint of size {cp.size}: "
+                            "the chain was rewritten",
+                            expected=(head or want_root).hex(), actual=(h if head is not None else root).hex())
+                        break
+                if report.broken is not None:
                     break
-            if report.broken is not None:
-                break
         if progress is not None and not count & 0x3FFF:
             progress(count)
     report.entries = count
+    report.pruned = pruned
     report.head = prev.hex() if count else None
-    report.root = merkle.root().hex() if count else None
     if report.broken is None and wanted:
         report.broken = ChainBroken(count + 1, "truncated_tail",
                                     f"a signed checkpoint covers {max(wanted)} entries but the ledger ends at "
@@ -214,6 +252,11 @@ def verify_entries(
     if progress is not None:
         progress(count)
     return report
+
+
+def _next_entry(it: Iterator[Row], prev: bytes) -> Entry | None:
+    row = next(it, None)
+    return None if row is None else _entry(row, prev)
 
 
 def _parse_checkpoint(cp: StoredCheckpoint, verifier: Verifier | None, origin: str | None,

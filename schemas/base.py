@@ -58,10 +58,12 @@ NonEmptyStr = Annotated[str, StringConstraints(min_length=1, strip_whitespace=Fa
 class Frozen(BaseModel):
     """Base of every payload model: immutable, unknown keys refused."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False)
+    # NaN/Infinity are kept as floats when dumped, so the ledger refuses them instead of silently
+    # writing null (pydantic's default)
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False, ser_json_inf_nan="constants")
 
 
 class Open(BaseModel):
     """Base of models that carry free-form data from outside (kept as given)."""
 
-    model_config = ConfigDict(frozen=True, extra="allow")
+    model_config = ConfigDict(frozen=True, extra="allow", ser_json_inf_nan="constants")

@@ -22,7 +22,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 @contextmanager
 def fresh_ledger(**kwargs: Any) -> Iterator[Ledger]:
-    """A new ledger with its own key in its own temporary folder (one per Hypothesis example)."""
+    """A new ledger with its own key in its own temporary folder (one per Hypothesis example).
+
+    Not durable (no fsync per commit) unless asked: these ledgers test logic, and the crash and
+    multi-process tests use durable ones."""
+    kwargs.setdefault("durable", False)
     with tempfile.TemporaryDirectory(prefix="ledger-test-") as tmp:
         led = Ledger.init(Path(tmp) / "l.db", key_path=Path(tmp) / "keys" / "k.key", **kwargs)
         try:
@@ -51,15 +55,26 @@ def child_env() -> dict[str, str]:
 
 def run_child(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run `code` in a fresh Python interpreter (same virtualenv, repo on the path); fail loudly."""
-    proc = subprocess.run([sys.executable, "-c", code, *args], env=child_env(), capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     return proc
 
 
 def spawn_child(code: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", code, *args], env=child_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def jcs_loads(payload: bytes) -> Any:

@@ -1,0 +1,60 @@
+"""Render a sealed audit report (`{"report", "report_sha256"}`) as text, json, md, html or csv."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from engine.audit.canonical import envelope_bytes, report_bytes
+
+FORMATS = ("text", "json", "md", "html", "csv")
+CSV_COLUMNS = ("severity", "code", "session_id", "seq", "message", "expected", "actual", "report_sha256")
+
+
+def render_json(envelope: dict[str, Any]) -> str:
+    """RFC 8785 canonical JSON of the envelope; `report_sha256` is the SHA-256 of the report's own bytes."""
+    report = getattr(envelope, "report_canonical", None) or report_bytes(envelope["report"])
+    return envelope_bytes(envelope, report).decode("utf-8") + "\n"
+
+
+def render_csv(envelope: dict[str, Any]) -> str:
+    """The audit's findings, one row each (violations first)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for f in envelope["report"]["findings"]:
+        writer.writerow(
+            [
+                f["severity"],
+                f["code"],
+                f["session_id"] or "",
+                "" if f["seq"] is None else f["seq"],
+                f["message"],
+                "" if f["expected"] is None else f["expected"],
+                "" if f["actual"] is None else f["actual"],
+                envelope["report_sha256"],
+            ]
+        )
+    return buf.getvalue()
+
+
+def render(envelope: dict[str, Any], fmt: str, *, width: int = 120) -> str:
+    """The report in `fmt` (one of FORMATS) as text; ValueError for an unknown format."""
+    if fmt == "json":
+        return render_json(envelope)
+    if fmt == "csv":
+        return render_csv(envelope)
+    if fmt == "md":
+        from engine.audit.render_md import render_md
+
+        return render_md(envelope)
+    if fmt == "html":
+        from engine.audit.render_html import render_html
+
+        return render_html(envelope)
+    if fmt == "text":
+        from engine.audit.render_text import render_text
+
+        return render_text(envelope, width=width)
+    raise ValueError(f"unknown format {fmt!r}; formats: {', '.join(FORMATS)}")

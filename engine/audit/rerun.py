@@ -1,0 +1,291 @@
+"""Re-running recorded gate decisions from the ledger alone.
+
+Each decision is judged again with `gate.evaluate`, with the context rebuilt as of the ledger head
+it recorded (parents, revocations, remaining budgets from the scan; directory and role catalogue
+from the recorded `facts`; `now` = the recorded `evaluated_at`), once under the rules recorded
+then (the `constitution.loaded` document whose hash is the verdict's `ruleset_hash`, re-validated
+and re-hashed) and once under the rules in force now.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+import gate
+from engine.audit.scan import AncestorAt, ContextAt, Ev, LedgerScan
+from ledger.entry import us_to_datetime
+from schemas.base import parse_rfc3339
+from schemas.requests import SpawnRequest
+
+
+class Requests:
+    """The raw request of each stream (its delegation.requested), validated once when needed."""
+
+    def __init__(self, scan: LedgerScan) -> None:
+        self.scan = scan
+        self._models: dict[str, SpawnRequest | None] = {}
+
+    def raw(self, stream: str) -> dict[str, Any] | None:
+        ev = self.scan.first(stream, "delegation.requested")
+        if ev is None or ev.data is None or not isinstance(ev.data.get("request"), dict):
+            return None
+        return ev.data["request"]  # type: ignore[no-any-return]
+
+    def model(self, stream: str) -> SpawnRequest | None:
+        if stream not in self._models:
+            raw = self.raw(stream)
+            try:
+                self._models[stream] = None if raw is None else SpawnRequest.model_validate(raw)
+            except ValidationError:
+                self._models[stream] = None
+        return self._models[stream]
+
+
+@dataclass
+class Rulebook:
+    """The rule sets an audit can judge with: the recorded ones (by hash) and the current one."""
+
+    current: gate.Constitution
+    current_source: str | None
+    documents: dict[str, Ev] = field(default_factory=dict)
+    _resolved: dict[str, tuple[gate.Constitution | None, str | None]] = field(default_factory=dict)
+
+    @classmethod
+    def from_scan(cls, scan: LedgerScan, current: gate.Constitution, source: str | None) -> Rulebook:
+        book = cls(current, source)
+        for ev in scan.constitutions:
+            if ev.data is not None:
+                book.documents.setdefault(str(ev.data.get("ruleset_hash")), ev)
+        return book
+
+    def recorded(self, ruleset_hash: str) -> tuple[gate.Constitution | None, str | None]:
+        """(the constitution whose hash is `ruleset_hash`, None) or (None, why it cannot be rebuilt)."""
+        if ruleset_hash not in self._resolved:
+            self._resolved[ruleset_hash] = self._resolve(ruleset_hash)
+        return self._resolved[ruleset_hash]
+
+    def _resolve(self, ruleset_hash: str) -> tuple[gate.Constitution | None, str | None]:
+        ev = self.documents.get(ruleset_hash)
+        if ev is None or ev.data is None:
+            if self.current.ruleset_hash == ruleset_hash:
+                return self.current, None
+            return None, f"no constitution.loaded entry records the rules {ruleset_hash}"
+        document = dict(ev.data.get("document") or {})
+        version = document.pop("rules_version", None)
+        if version != gate.RULES_VERSION:
+            return None, (
+                f"the rules {ruleset_hash} (seq {ev.seq}) were recorded under rules version "
+                f"{version!r}; this auditor runs {gate.RULES_VERSION!r}"
+            )
+        try:
+            constitution = gate.Constitution.model_validate(document)
+        except ValidationError as exc:
+            return (
+                None,
+                f"the constitution recorded at seq {ev.seq} no longer validates: {exc.errors()[0]['msg']}",
+            )
+        if constitution.ruleset_hash != ruleset_hash:
+            return None, (
+                f"the constitution recorded at seq {ev.seq} hashes to {constitution.ruleset_hash}, "
+                f"not to the recorded {ruleset_hash}"
+            )
+        return constitution, None
+
+
+def _finding_keys(findings: list[dict[str, Any]]) -> list[str]:
+    return sorted(f"{f.get('rule')}@{f.get('hop')}:{f.get('path')}" for f in findings)
+
+
+def _outcome(
+    recorded: dict[str, Any],
+    verdict: gate.Verdict | None,
+    constitution: gate.Constitution | None,
+    problem: str | None,
+) -> dict[str, Any]:
+    if verdict is None or constitution is None:
+        return {
+            "ruleset_hash": None if constitution is None else constitution.ruleset_hash,
+            "available": False,
+            "reason": problem,
+        }
+    new = verdict.model_dump(mode="json")
+    old_keys = _finding_keys(recorded.get("violations", [])) + _finding_keys(recorded.get("warnings", []))
+    new_keys = _finding_keys(new["violations"]) + _finding_keys(new["warnings"])
+    return {
+        "ruleset_hash": constitution.ruleset_hash,
+        "profile": constitution.profile,
+        "available": True,
+        "decision": verdict.decision,
+        "same_decision": verdict.decision == recorded.get("decision"),
+        "same_findings": old_keys == new_keys,
+        "violations": sorted({f["rule"] for f in new["violations"]}),
+        "warnings": sorted({f["rule"] for f in new["warnings"]}),
+        "added": sorted(set(new_keys) - set(old_keys)),
+        "removed": sorted(set(old_keys) - set(new_keys)),
+    }
+
+
+class Rerunner:
+    """Re-runs decisions; hops of the same parent state are built once (their compiled views cached)."""
+
+    def __init__(self, scan: LedgerScan, requests: Requests, rules: Rulebook) -> None:
+        self.scan = scan
+        self.requests = requests
+        self.rules = rules
+        self._hops: dict[tuple[str, bool, int | None, float | None], gate.Hop] = {}
+
+    def _hop(self, a: AncestorAt) -> gate.Hop | None:
+        tokens = None if a.max_tokens is None else int(a.max_tokens) - a.subtree_tokens
+        cost = None if a.max_cost_usd is None else float(a.max_cost_usd) - a.subtree_cost_usd
+        key = (a.session_id, a.revoked, tokens, cost)
+        hop = self._hops.get(key)
+        if hop is None:
+            request = self.requests.model(a.session_id)
+            if request is None:
+                return None
+            hop = gate.Hop(
+                a.session_id,
+                request,
+                revoked=a.revoked,
+                budget_remaining=gate.RemainingBudget(tokens=tokens, cost_usd=cost),
+            )
+            self._hops[key] = hop
+        return hop
+
+    def context(
+        self, ctx: ContextAt, facts: dict[str, Any], head: str | None
+    ) -> tuple[gate.ChainContext | None, str]:
+        hops = []
+        for a in ctx.parents:
+            hop = self._hop(a)
+            if hop is None:
+                return (
+                    None,
+                    f"the request of parent session {a.session_id} is unavailable (pruned or invalid)",
+                )
+            hops.append(hop)
+        d = facts.get("directory")
+        directory = (
+            gate.DirectoryFacts(
+                path=str(d.get("path")),
+                exists=bool(d.get("exists")),
+                is_dir=bool(d.get("is_dir")),
+                real_path=d.get("real_path"),
+            )
+            if isinstance(d, dict)
+            else None
+        )
+        roles = facts.get("known_roles")
+        return gate.ChainContext(
+            parents=tuple(hops),
+            revoked_sessions=ctx.revoked,
+            directory=directory,
+            known_roles=frozenset(roles) if isinstance(roles, list) else None,
+            ledger_head=head,
+        ), ""
+
+    def rerun(self, stream: str) -> dict[str, Any]:
+        """The re-run of one stream's decision: context used, outcome under recorded and current rules."""
+        decided = self.scan.first(stream, "gate.decided")
+        if decided is None or decided.data is None:
+            why = (
+                "no gate.decided entry"
+                if decided is None
+                else f"the gate.decided payload (seq {decided.seq}) is pruned"
+            )
+            return {
+                "status": "unavailable",
+                "exact": False,
+                "notes": [why],
+                "recorded_rules": None,
+                "current_rules": None,
+                "context": None,
+            }
+        data = decided.data
+        recorded = data["verdict"]
+        notes: list[str] = []
+        raw = self.requests.raw(stream)
+        if raw is None or set(raw) == {"unrepresentable"}:
+            notes.append("the recorded request is unavailable (pruned, or not representable as JSON)")
+        ctx = self.scan.contexts.get(stream)
+        facts = data.get("facts") or {}
+        exact = (
+            bool(facts)
+            and data.get("evaluated_at") is not None
+            and ctx is not None
+            and ctx.head_seq is not None
+        )
+        if not facts or data.get("evaluated_at") is None:
+            notes.append(
+                "the decision recorded no evaluated_at/facts: re-run approximated with the entry time "
+                "and without directory facts or role catalogue"
+            )
+        if ctx is not None and ctx.head_seq is None:
+            notes.append(
+                "the verdict's ledger_head is not in the chain: context taken just before the decision"
+            )
+        if ctx is not None and ctx.broken_ancestry:
+            notes.append(ctx.broken_ancestry)
+        rebuilt = None if ctx is None else [a.session_id for a in ctx.parents]
+        if ctx is not None and isinstance(facts.get("parents"), list) and facts["parents"] != rebuilt:
+            notes.append(f"the recorded parents {facts['parents']} differ from the rebuilt chain {rebuilt}")
+            exact = False
+        chain = None
+        if ctx is not None and raw is not None and set(raw) != {"unrepresentable"}:
+            chain, problem = self.context(ctx, facts, recorded.get("ledger_head"))
+            if chain is None:
+                notes.append(problem)
+        now = _when(data.get("evaluated_at"), decided.at_us)
+        context = (
+            None
+            if ctx is None
+            else {
+                "as_of_seq": ctx.head_seq,
+                "parents": rebuilt,
+                "revoked_on_path": [
+                    a.session_id for a in ctx.parents if a.revoked or a.session_id in ctx.revoked
+                ],
+                "evaluated_at": data.get("evaluated_at"),
+            }
+        )
+        if chain is None or raw is None:
+            return {
+                "status": "unavailable",
+                "exact": False,
+                "notes": notes,
+                "recorded_rules": None,
+                "current_rules": None,
+                "context": context,
+            }
+        old, problem = self.rules.recorded(str(recorded.get("ruleset_hash")))
+        old_verdict = None if old is None else gate.evaluate(raw, chain, now, old)
+        current = self.rules.current
+        same = old is not None and old.ruleset_hash == current.ruleset_hash
+        new_verdict = old_verdict if same else gate.evaluate(raw, chain, now, current)
+        under_old = _outcome(recorded, old_verdict, old, problem)
+        under_new = _outcome(recorded, new_verdict, current, None)
+        differs = not under_new["same_decision"] or (
+            under_old["available"] and not under_old["same_decision"]
+        )
+        status = "differs" if differs else ("reproduced" if exact else "approximate")
+        return {
+            "status": status,
+            "exact": exact,
+            "notes": notes,
+            "recorded_rules": under_old,
+            "current_rules": under_new,
+            "context": context,
+        }
+
+
+def _when(value: Any, fallback_us: int) -> datetime:
+    if isinstance(value, str):
+        try:
+            return parse_rfc3339(value)
+        except ValueError:
+            pass
+    return us_to_datetime(fallback_us)
