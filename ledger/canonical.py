@@ -21,11 +21,10 @@ from ledger.errors import PayloadError
 _dumps = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, sort_keys=True, separators=(",", ":"), check_circular=True
 ).encode
-# A number token with a fraction/exponent, or an integer of 16+ digits, right after : [ or ,
-# (compact separators put no space there). Inside a string this can match too: the only cost of
-# such a false positive is taking the exact path.
-_NEEDS_EXACT = re.compile(r"[:\[,]-?\d+[.eE]|[:\[,]-?\d{16,}|^-?\d+[.eE]|^-?\d{16,}")
-_BIG_INT = re.compile(r"(?:^|[:\[,])-?\d{16,}(?:[,\]}]|$)")
+# A digit followed by a fraction/exponent mark or by 15 more digits: a float or a big integer MAY be
+# there (strings match too; the JSON scanner then decides on the real number tokens).
+_MAYBE_NUMBER = re.compile(r"[0-9](?:[.eE]|[0-9]{15})")
+_MAX_SAFE = 2**53 - 1
 _HIGH_CHARS = re.compile("[\ue000-\U0010ffff]")
 # Strings (skipped as they are) or a float token as Python's repr wrote it.
 _TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|(-?\d+(?:\.\d+)?(?:e[+-]?\d+)?)')
@@ -62,6 +61,25 @@ def es_number(token: str) -> str:
     return sign + out
 
 
+def _number_tokens(text: str) -> str:
+    """'ok' when every number token is already in JCS form, 'floats' when a float must be rewritten,
+    'big' when an integer lies beyond 2**53 - 1. Uses the C JSON scanner, which sees only real tokens."""
+    state = ["ok"]
+
+    def on_float(token: str) -> float:
+        if state[0] == "ok" and es_number(token) != token:
+            state[0] = "floats"
+        return 0.0
+
+    def on_int(token: str) -> int:
+        if len(token) > 15 and abs(int(token)) > _MAX_SAFE:
+            state[0] = "big"
+        return 0
+
+    json.loads(text, parse_float=on_float, parse_int=on_int)
+    return state[0]
+
+
 def _fix_numbers(match: re.Match[str]) -> str:
     token = match.group(1)
     if token is None or ("." not in token and "e" not in token):
@@ -77,10 +95,12 @@ def canonical_bytes(value: Any) -> bytes:
         raise PayloadError(f"payload is not representable as JSON: {exc}") from exc
     if not text.isascii() and _HIGH_CHARS.search(text):
         return _exact(value)  # key order may differ between code points and UTF-16 units
-    if _NEEDS_EXACT.search(text):
-        if _BIG_INT.search(text):
+    if _MAYBE_NUMBER.search(text):
+        verdict = _number_tokens(text)
+        if verdict == "big":
             return _exact(value)  # the exact encoder refuses integers beyond 2**53 with a clear error
-        text = _TOKENS.sub(_fix_numbers, text)
+        if verdict == "floats":
+            text = _TOKENS.sub(_fix_numbers, text)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError as exc:
