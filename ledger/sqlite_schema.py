@@ -48,8 +48,6 @@ CREATE TABLE IF NOT EXISTS sessions (
     state             TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sessions_by_task ON sessions (task_id);
-CREATE INDEX IF NOT EXISTS sessions_by_status ON sessions (status);
-CREATE INDEX IF NOT EXISTS sessions_by_parent ON sessions (parent_session_id);
 """
 
 ENTRY_COLUMNS = "e.seq, s.name, e.type, e.recorded_at, e.payload, e.salt, e.payload_hash, e.hash"

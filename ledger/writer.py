@@ -26,6 +26,13 @@ from ledger.merkle import CompactRange
 from ledger.projections import PROJECTED_TYPES, Projector
 
 MAX_BATCH = 4096
+#: in place when the row exists (REPLACE would delete and re-insert it through every index)
+UPSERT_SESSION = (
+    "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(session_id) DO UPDATE SET "
+    "task_id = excluded.task_id, status = excluded.status, parent_session_id = excluded.parent_session_id, "
+    "root_session_id = excluded.root_session_id, ended_at = excluded.ended_at, updated_seq = excluded.updated_seq, "
+    "state = excluded.state"
+)
 _STOP = object()
 
 
@@ -82,7 +89,7 @@ class _CachedSessions:
             rows.append((sid, st["task_id"], st["status"], st.get("parent_session_id"), st["root_session_id"],
                          st.get("ended_at"), seq, json.dumps(st, sort_keys=True, separators=(",", ":"))))
         if rows:
-            self.conn.executemany("INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?)", rows)
+            self.conn.executemany(UPSERT_SESSION, rows)
 
 
 class Writer:
