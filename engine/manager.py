@@ -91,6 +91,8 @@ class AgentManager:
         self.stats = Stats()
         self._on_finished = on_finished
         self._closing = False
+        #: seconds without an event after which the agent's server is probed
+        self.stall_probe_s = 15.0
 
     # -- queries -------------------------------------------------------------------------------
     def get(self, session_id: str) -> Supervised | None:
@@ -268,7 +270,7 @@ class AgentManager:
         assert sup.agent is not None
         led = self.ledger
         sid = sup.session_id
-        async for ev in sup.agent.events():
+        async for ev in self._watched(sup):
             if isinstance(ev, ToolUse):
                 if ev.status in ("completed", "error"):
                     await led.append_async(
@@ -333,6 +335,34 @@ class AgentManager:
         return AgentFailed(
             session_id=sid, error="the agent's event stream ended without completion", kind="crash"
         )
+
+    async def _watched(self, sup: Supervised) -> AsyncIterator[Any]:
+        """The agent's events; when none comes for `stall_probe_s`, its server is probed, and a dead
+        server ends the stream (the agent is then recorded as crashed instead of waiting for its timeout)."""
+        assert sup.agent is not None
+        events = sup.agent.events().__aiter__()
+        pending: asyncio.Future[Any] | None = None
+        try:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(events.__anext__())
+                done, _ = await asyncio.wait({pending}, timeout=self.stall_probe_s)
+                if not done:  # the same request for the next event stays pending: nothing is lost
+                    if not await sup.agent.alive():
+                        yield Failure(message="the agent's OpenCode server stopped answering health probes")
+                        return
+                    continue
+                try:
+                    ev = pending.result()
+                except StopAsyncIteration:
+                    return
+                pending = None
+                yield ev
+        finally:
+            if pending is not None and not pending.done():
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
 
     def _over_budget(self, session_id: str) -> BudgetExceeded | None:
         """The first budget (own or an ancestor's) that the subtree's spending now exceeds."""

@@ -49,6 +49,24 @@ class EventMapper:
         self.texts: dict[str, dict[str, str]] = {}
         self.done_messages: set[str] = set()
         self.done_tools: set[str] = set()
+        #: ended messages whose parts may still be on their way, and messages whose step finished.
+        #: OpenCode 1.18.33 may publish a message's first `message.updated` already holding its final
+        #: state (time.completed, tokens) *before* that message's step-start/text parts, so an ended
+        #: message is reported once its `step-finish` part arrived (or at idle/error, whatever came).
+        self.ended: dict[str, Mapping[str, Any]] = {}
+        self.finished_steps: set[str] = set()
+
+    def _output(self, mid: str) -> Output:
+        info = self.ended.pop(mid)
+        self.done_messages.add(mid)
+        text = "".join(self.texts.pop(mid, {}).values())
+        err = info.get("error")
+        aborted = isinstance(err, Mapping) and err.get("name") == "MessageAbortedError"
+        return Output(message_id=mid, text=text, tokens=_tokens(info), cost_usd=float(info.get("cost") or 0),
+                      error=None if (err is None or aborted) else _error_text(err))
+
+    def _flush(self) -> list[AgentEvent]:
+        return [self._output(mid) for mid in list(self.ended)]
 
     def map(self, ev: OpenCodeEvent) -> list[AgentEvent]:
         if ev.session_id != self.session_id:
@@ -58,6 +76,11 @@ class EventMapper:
             part = p.get("part") or {}
             if part.get("type") == "text":
                 self.texts.setdefault(part.get("messageID", ""), {})[part.get("id", "")] = part.get("text", "")
+            elif part.get("type") == "step-finish":
+                mid = part.get("messageID", "")
+                self.finished_steps.add(mid)
+                if mid in self.ended:
+                    return [self._output(mid)]
             elif part.get("type") == "tool":
                 state = part.get("state") or {}
                 status = state.get("status")
@@ -74,21 +97,18 @@ class EventMapper:
             mid = info.get("id")
             completed = (info.get("time") or {}).get("completed")
             if info.get("role") == "assistant" and (completed or info.get("error")) and mid not in self.done_messages:
-                self.done_messages.add(mid)
-                text = "".join(self.texts.pop(mid, {}).values())
-                err = info.get("error")
-                aborted = isinstance(err, Mapping) and err.get("name") == "MessageAbortedError"
-                return [Output(message_id=mid, text=text, tokens=_tokens(info), cost_usd=float(info.get("cost") or 0),
-                               error=None if (err is None or aborted) else _error_text(err))]
+                self.ended[mid] = info
+                if mid in self.finished_steps:
+                    return [self._output(mid)]
         elif ev.type == "permission.asked":
             return [PermissionAsk(id=str(p.get("id")), permission=str(p.get("permission")),
                                   patterns=[str(x) for x in p.get("patterns") or []])]
         elif ev.type == "session.error":
             err = p.get("error")
             aborted = isinstance(err, Mapping) and err.get("name") == "MessageAbortedError"
-            return [Failure(message=_error_text(err), aborted=aborted)]
+            return [*self._flush(), Failure(message=_error_text(err), aborted=aborted)]
         elif ev.type == "session.idle":
-            return [Idle()]
+            return [*self._flush(), Idle()]
         return []
 
 
@@ -158,6 +178,9 @@ class OpenCodeBackend:
         self.stop_grace = stop_grace
         self._discovery: OpenCodeService | None = None
         self._discovery_lock = asyncio.Lock()
+        #: OpenCode servers are reported to grow and wedge when they live long: recycle past this size
+        self.max_rss_bytes = 1_500_000_000
+        self.recycled = 0
 
     def _config(self, permission: Mapping[str, Any] | None, mcp: Mapping[str, Any] | None) -> dict[str, Any]:
         return build_agent_config(model_base_url=self.model_base_url, provider=None if self.model_base_url else
@@ -214,9 +237,26 @@ class OpenCodeBackend:
         await agent.open_events()
         return agent
 
+    async def _healthy(self, svc: OpenCodeService) -> bool:
+        """A long-lived server misbehaves when it died, stops answering, or grows past its memory ceiling."""
+        if not svc.is_alive():
+            return False
+        rss = svc.rss_bytes()
+        if rss is not None and rss > self.max_rss_bytes:
+            return False
+        try:
+            await asyncio.wait_for(svc.health(), 5)
+        except Exception:
+            return False
+        return True
+
     async def _discovery_service(self, project_directory: str | None) -> OpenCodeService:
         async with self._discovery_lock:
-            if self._discovery is None or not self._discovery.is_alive():
+            if self._discovery is not None and not await self._healthy(self._discovery):
+                self.recycled += 1
+                await self._discovery.stop(abort_sessions=False)  # recycled: a fresh one starts below
+                self._discovery = None
+            if self._discovery is None:
                 workdir = project_directory if project_directory and os.path.isdir(project_directory) else str(
                     self.state_root)
                 self.state_root.mkdir(parents=True, exist_ok=True)
