@@ -305,11 +305,14 @@ class Ledger:
         report = PruneReport(cutoff=cutoff.astimezone(UTC).isoformat().replace("+00:00", "Z"), dry_run=dry_run,
                              db_bytes_before=prune_mod.file_bytes(self.path))
         conn = self._reader()
+        # Only entries up to the current head are archived and stripped: an entry another writer appends to a
+        # chosen stream while the archive is written must keep its payload, since the archive lacks it.
+        upto = store.read_head(conn).size
         chosen, sessions, report.skipped_active = prune_mod.choose_streams(conn, cutoff)
         report.sessions, report.streams = sessions, len(chosen)
         names = [name for _, name in chosen]
         for batch_start in range(0, len(names), 500):
-            for e in store.iter_entries(conn, streams=names[batch_start:batch_start + 500]):
+            for e in store.iter_entries(conn, stop=upto, streams=names[batch_start:batch_start + 500]):
                 if e.payload is not None:
                     report.entries += 1
                     report.payload_bytes += len(e.payload)
@@ -324,7 +327,7 @@ class Ledger:
 
         def archived() -> Iterator[Entry]:
             for batch_start in range(0, len(names), 500):
-                for e in store.iter_entries(conn, streams=names[batch_start:batch_start + 500]):
+                for e in store.iter_entries(conn, stop=upto, streams=names[batch_start:batch_start + 500]):
                     if e.payload is not None:
                         yield e
 
@@ -340,7 +343,7 @@ class Ledger:
                        sessions=[s for s in snapshots if s["state"] is not None],  # type: ignore[misc]
                        archive=str(archive), archive_sha256=digest)
         p = self._pending(LEDGER_STREAM, event)
-        p.effect = prune_mod.null_payloads([sid for sid, _ in chosen])
+        p.effect = prune_mod.null_payloads([sid for sid, _ in chosen], upto)
         p.lock = threading.Lock()
         p.lock.acquire()
         self._writer.submit(p)

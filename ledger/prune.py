@@ -115,10 +115,12 @@ def redact(state: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def null_payloads(stream_ids: list[int]) -> Callable[[sqlite3.Connection], None]:
+def null_payloads(stream_ids: list[int], upto: int) -> Callable[[sqlite3.Connection], None]:
+    """Strip payloads and salts of the streams' entries up to seq `upto` (the ones the archive holds)."""
     def effect(conn: sqlite3.Connection) -> None:
-        conn.executemany("UPDATE entries SET payload = NULL, salt = NULL WHERE stream_id = ? AND payload IS NOT NULL",
-                         [(i,) for i in stream_ids])
+        conn.executemany("UPDATE entries SET payload = NULL, salt = NULL "
+                         "WHERE stream_id = ? AND seq <= ? AND payload IS NOT NULL",
+                         [(i, upto) for i in stream_ids])
     return effect
 
 

@@ -58,11 +58,33 @@ json_floats = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.integers(-(2**60), 2**60).map(float),
     st.builds(lambda m, e: m * 10.0**e, st.integers(-999, 999), st.integers(-30, 30)),
-    st.sampled_from([
-        0.0, -0.0, 1.0, -1.0, 0.1, 1e21, 1e20, 123456789012345680000.0, 1e-6, 1e-7, 0.000001, 9.999999e-7,
-        5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, -1.7976931348623157e308,
-        2.0**53, 2.0**53 + 2, 4.35, 0.1 + 0.2, 1e16, 1.5e300, 3.14159e-250,
-    ]),
+    st.sampled_from(
+        [
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.1,
+            1e21,
+            1e20,
+            123456789012345680000.0,
+            1e-6,
+            1e-7,
+            0.000001,
+            9.999999e-7,
+            5e-324,
+            2.2250738585072014e-308,
+            1.7976931348623157e308,
+            -1.7976931348623157e308,
+            2.0**53,
+            2.0**53 + 2,
+            4.35,
+            0.1 + 0.2,
+            1e16,
+            1.5e300,
+            3.14159e-250,
+        ]
+    ),
 )
 
 json_scalars = st.one_of(st.none(), st.booleans(), safe_ints, json_floats, json_text)
@@ -119,38 +141,94 @@ verdicts = st.builds(
 )
 
 
-def _spawned(session_id: str, parent: str | None = None, root: str | None = None, depth: int = 0,
-             **extra: Any) -> AgentSpawned:
-    return AgentSpawned(session_id=session_id, task_id=f"task-{root or session_id}", role="coder",
-                        parent_session_id=parent, root_session_id=root or session_id, depth=depth,
-                        principal=f"agent:{session_id}", delegator=f"agent:{parent}" if parent else "operator",
-                        model="scripted/model", **extra)
+def _spawned(
+    session_id: str, parent: str | None = None, root: str | None = None, depth: int = 0, **extra: Any
+) -> AgentSpawned:
+    return AgentSpawned(
+        session_id=session_id,
+        task_id=f"task-{root or session_id}",
+        role="coder",
+        parent_session_id=parent,
+        root_session_id=root or session_id,
+        depth=depth,
+        principal=f"agent:{session_id}",
+        delegator=f"agent:{parent}" if parent else "operator",
+        model="scripted/model",
+        **extra,
+    )
 
 
 #: One event of any recorded type, for any session (it may refer to sessions that do not exist).
 events = st.one_of(
-    st.builds(OperatorNote, text=free_text, by=ident, kind=st.sampled_from(["note", "oversight", "incident"])),
-    st.builds(OutputReceived, session_id=ident, text=st.text(st.characters(codec="utf-8"), max_size=200),
-              tokens=tokens, cost_usd=costs, message_id=st.none() | ident),
-    st.builds(ToolCalled, session_id=ident, tool=st.sampled_from(["bash", "read", "edit", "webfetch"]),
-              call_id=st.none() | ident, input=json_objects, output=st.none() | free_text),
-    st.builds(GateDecided, verdict=verdicts, task_id=st.none() | ident, role=st.none() | ident,
-              parent_session_id=st.none() | ident, depth=st.integers(0, 6)),
-    st.builds(DelegationRequested, request=json_objects, via=st.sampled_from(["mcp", "cli", "api"]),
-              caller=st.none() | ident),
-    st.builds(_spawned, ident, st.none() | ident, max_cost_usd=st.none() | costs,
-              max_tokens=st.none() | st.integers(1, MAX_SAFE_INT), pid=st.none() | st.integers(1, 2**22)),
+    st.builds(
+        OperatorNote, text=free_text, by=ident, kind=st.sampled_from(["note", "oversight", "incident"])
+    ),
+    st.builds(
+        OutputReceived,
+        session_id=ident,
+        text=st.text(st.characters(codec="utf-8"), max_size=200),
+        tokens=tokens,
+        cost_usd=costs,
+        message_id=st.none() | ident,
+    ),
+    st.builds(
+        ToolCalled,
+        session_id=ident,
+        tool=st.sampled_from(["bash", "read", "edit", "webfetch"]),
+        call_id=st.none() | ident,
+        input=json_objects,
+        output=st.none() | free_text,
+    ),
+    st.builds(
+        GateDecided,
+        verdict=verdicts,
+        task_id=st.none() | ident,
+        role=st.none() | ident,
+        parent_session_id=st.none() | ident,
+        depth=st.integers(0, 6),
+    ),
+    st.builds(
+        DelegationRequested,
+        request=json_objects,
+        via=st.sampled_from(["mcp", "cli", "api"]),
+        caller=st.none() | ident,
+    ),
+    st.builds(
+        _spawned,
+        ident,
+        st.none() | ident,
+        max_cost_usd=st.none() | costs,
+        max_tokens=st.none() | st.integers(1, MAX_SAFE_INT),
+        pid=st.none() | st.integers(1, 2**22),
+    ),
     st.builds(MessageSent, session_id=ident, text=free_text),
-    st.builds(PermissionDecided, session_id=ident, permission=st.sampled_from(["edit", "bash"]),
-              patterns=st.lists(free_text, max_size=2), reply=st.sampled_from(["once", "always", "reject"]),
-              reason=free_text),
+    st.builds(
+        PermissionDecided,
+        session_id=ident,
+        permission=st.sampled_from(["edit", "bash"]),
+        patterns=st.lists(free_text, max_size=2),
+        reply=st.sampled_from(["once", "always", "reject"]),
+        reason=free_text,
+    ),
     st.builds(AgentCompleted, session_id=ident, summary=st.none() | free_text),
     st.builds(AgentStopped, session_id=ident, reason=free_text, by=st.none() | ident),
-    st.builds(AgentFailed, session_id=ident, error=free_text,
-              kind=st.sampled_from(["error", "timeout", "budget", "expired", "crash"])),
-    st.builds(DelegationRevoked, session_id=ident, by=ident, reason=free_text, subtree=st.lists(ident, max_size=3)),
-    st.builds(BudgetExceeded, session_id=ident, limit=st.sampled_from(["tokens", "cost_usd", "time"]),
-              allowed=costs, used=costs, charged_to=ident),
+    st.builds(
+        AgentFailed,
+        session_id=ident,
+        error=free_text,
+        kind=st.sampled_from(["error", "timeout", "budget", "expired", "crash"]),
+    ),
+    st.builds(
+        DelegationRevoked, session_id=ident, by=ident, reason=free_text, subtree=st.lists(ident, max_size=3)
+    ),
+    st.builds(
+        BudgetExceeded,
+        session_id=ident,
+        limit=st.sampled_from(["tokens", "cost_usd", "time"]),
+        allowed=costs,
+        used=costs,
+        charged_to=ident,
+    ),
 )
 
 #: (stream, event) pairs.
@@ -216,11 +294,31 @@ def lifecycles(draw: st.DrawFn, max_sessions: int = 6, max_ops: int = 24, text_s
         root[sid] = sid if parent is None else root[parent]
         if draw(st.booleans()):
             verdict = Verdict(decision="approved", profile="standard", ruleset_hash="0" * 64)
-            life.steps.append((sid, GateDecided(verdict=verdict, task_id=f"task-{root[sid]}", role="coder",
-                                                parent_session_id=parent, depth=depth[sid])))
-        life.steps.append((sid, _spawned(sid, parent, root[sid], depth[sid],
-                                         max_cost_usd=draw(st.none() | costs),
-                                         max_tokens=draw(st.none() | st.integers(1, 10**9)))))
+            life.steps.append(
+                (
+                    sid,
+                    GateDecided(
+                        verdict=verdict,
+                        task_id=f"task-{root[sid]}",
+                        role="coder",
+                        parent_session_id=parent,
+                        depth=depth[sid],
+                    ),
+                )
+            )
+        life.steps.append(
+            (
+                sid,
+                _spawned(
+                    sid,
+                    parent,
+                    root[sid],
+                    depth[sid],
+                    max_cost_usd=draw(st.none() | costs),
+                    max_tokens=draw(st.none() | st.integers(1, 10**9)),
+                ),
+            )
+        )
         life.spawned.append(sid)
 
     texts = st.text(st.characters(codec="utf-8"), max_size=text_size)
@@ -233,36 +331,49 @@ def lifecycles(draw: st.DrawFn, max_sessions: int = 6, max_ops: int = 24, text_s
             continue
         if op == "refused":
             stream = f"req-{tag}-{k}"
-            verdict = Verdict(decision="rejected", profile="strict", ruleset_hash="0" * 64,
-                              violations=[Finding(rule="RSP-02", severity="error", hop=0, path="x", message="no")])
+            verdict = Verdict(
+                decision="rejected",
+                profile="strict",
+                ruleset_hash="0" * 64,
+                violations=[Finding(rule="RSP-02", severity="error", hop=0, path="x", message="no")],
+            )
             life.steps.append((stream, GateDecided(verdict=verdict, task_id=f"task-{tag}", role="coder")))
             life.sessionless.add(stream)
             continue
         spawn(i)
         if op == "output":
-            event: BaseModel = OutputReceived(session_id=sid, text=draw(texts), tokens=draw(tokens),
-                                              cost_usd=draw(costs))
+            event: BaseModel = OutputReceived(
+                session_id=sid, text=draw(texts), tokens=draw(tokens), cost_usd=draw(costs)
+            )
         elif op == "tool":
             event = ToolCalled(session_id=sid, tool="bash", input=draw(json_objects), output=draw(texts))
         elif op == "message":
             event = MessageSent(session_id=sid, text=draw(free_text))
         elif op == "permission":
-            event = PermissionDecided(session_id=sid, permission="edit", reply=draw(st.sampled_from(
-                ["once", "always", "reject"])), reason="policy")
+            event = PermissionDecided(
+                session_id=sid,
+                permission="edit",
+                reply=draw(st.sampled_from(["once", "always", "reject"])),
+                reason="policy",
+            )
         elif op == "budget":
             event = BudgetExceeded(session_id=sid, limit="tokens", allowed=100, used=150, charged_to=sid)
         elif op == "end":
             kind = draw(st.sampled_from(TERMINAL_EVENTS))
-            event = {
-                "completed": lambda: AgentCompleted(session_id=sid, summary=draw(st.none() | free_text)),
-                "stopped": lambda: AgentStopped(session_id=sid, reason="operator stop", by="ops"),
-                "failed": lambda: AgentFailed(session_id=sid, error="boom", kind="crash"),
-                "interrupted": lambda: SessionInterrupted(session_id=sid, reason="engine restarted"),
-            }[kind]()
+            if kind == "completed":
+                event = AgentCompleted(session_id=sid, summary=draw(st.none() | free_text))
+            elif kind == "stopped":
+                event = AgentStopped(session_id=sid, reason="operator stop", by="ops")
+            elif kind == "failed":
+                event = AgentFailed(session_id=sid, error="boom", kind="crash")
+            else:
+                event = SessionInterrupted(session_id=sid, reason="engine restarted")
             life.terminal.add(sid)
         else:  # revoke the session and every spawned descendant
             subtree = life.descendants(sid)
-            event = DelegationRevoked(session_id=sid, by="operator", reason="scope withdrawn", subtree=subtree)
+            event = DelegationRevoked(
+                session_id=sid, by="operator", reason="scope withdrawn", subtree=subtree
+            )
             life.terminal.update([sid, *subtree])
         life.steps.append((sid, event))
     if not life.spawned:

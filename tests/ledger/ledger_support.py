@@ -87,3 +87,32 @@ def jcs_loads(payload: bytes) -> Any:
         return n if abs(n) <= 2**53 - 1 else float(n)
 
     return json.loads(payload, parse_int=number)
+
+
+def raw_append(conn: sqlite3.Connection, stream: str, event: BaseModel) -> int:
+    """Append one (unprojected) event the way another process's writer would, inside the caller's open
+    transaction on a plain sqlite3 connection: entry row, stream row and Merkle edge. Returns its seq."""
+    import time
+
+    from ledger import encode_event
+    from ledger.chain import chain_hash, new_salt, payload_hash
+    from ledger.merkle import CompactRange
+
+    type_, payload, _ = encode_event(event)
+    seq, prev, last_us = conn.execute(
+        "SELECT seq, hash, recorded_at FROM entries ORDER BY seq DESC LIMIT 1"
+    ).fetchone()
+    conn.execute("INSERT OR IGNORE INTO streams (name) VALUES (?)", (stream,))
+    (stream_id,) = conn.execute("SELECT id FROM streams WHERE name = ?", (stream,)).fetchone()
+    at = max(time.time_ns() // 1000, last_us)
+    salt = new_salt()
+    ph = payload_hash(salt, payload)
+    h = chain_hash(prev, seq + 1, stream, type_, at, ph)
+    conn.execute(
+        "INSERT INTO entries VALUES (?,?,?,?,?,?,?,?)", (seq + 1, stream_id, type_, at, payload, salt, ph, h)
+    )
+    edge = CompactRange(seq, dict(conn.execute("SELECT level, hash FROM merkle_edge").fetchall()))
+    edge.append(h)
+    conn.execute("DELETE FROM merkle_edge")
+    conn.executemany("INSERT INTO merkle_edge VALUES (?, ?)", edge.peaks.items())
+    return seq + 1

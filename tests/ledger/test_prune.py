@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import given
-from ledger_support import append_all, fresh_ledger, raw_db
+from ledger_support import append_all, fresh_ledger, raw_append, raw_db
 from strategies import Lifecycle, lifecycles
 
 from ledger import ArchiveError, Entry, Ledger, PruneError
@@ -64,8 +65,10 @@ def snapshot(led: Ledger) -> dict[str, SessionState]:
 def after_prune(states: dict[str, SessionState], pruned: Iterable[str]) -> dict[str, SessionState]:
     """The states a prune must leave: pruned sessions keep everything but their payload-derived text."""
     gone = set(pruned)
-    return {sid: SessionState.model_validate(redact(st.model_dump())) if sid in gone else st
-            for sid, st in states.items()}
+    return {
+        sid: SessionState.model_validate(redact(st.model_dump())) if sid in gone else st
+        for sid, st in states.items()
+    }
 
 
 def payload_streams(led: Ledger) -> dict[str, bool]:
@@ -265,6 +268,41 @@ class TestPrune:
         report = ledger.prune(cutoff, archive=tmp_path / "a.jsonl.gz")
         assert "child" not in report.sessions
         assert all(e.payload is not None for e in ledger.entries(stream="child"))
+
+
+class TestConcurrentPrune:
+    def test_entry_appended_while_archiving_keeps_its_payload(self, ledger: Ledger, tmp_path: Path) -> None:
+        """An entry another process appends to a pruned stream after the archive was written is neither
+        archived nor stripped: no payload ever leaves the database without being in the archive."""
+        ledger.append("old", spawned("old"))
+        ledger.append("old", AgentCompleted(session_id="old"))
+        cutoff = now_after_appends()
+        archive = tmp_path / "a.jsonl.gz"
+        outcome: dict[str, object] = {}
+        with raw_db(ledger) as other:
+            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock...
+            worker = threading.Thread(
+                target=lambda: outcome.update(report=ledger.prune(cutoff, archive=archive)), daemon=True
+            )
+            worker.start()
+            deadline = time.monotonic() + 30
+            while not archive.exists() and time.monotonic() < deadline:  # ...while the prune archives
+                time.sleep(0.005)
+            assert archive.exists()
+            late = raw_append(other, "old", OperatorNote(text="late note", by="ops"))
+            other.execute("COMMIT")
+        worker.join(timeout=60)
+        assert "report" in outcome
+        archived = {e.seq for e in read_archive(archive)[1]}
+        assert late not in archived
+        stripped = {e.seq for e in ledger.entries() if e.payload is None}
+        assert stripped <= archived, (
+            f"payloads stripped without an archive copy: {sorted(stripped - archived)}"
+        )
+        late_entry = next(ledger.entries(start=late, stop=late))
+        assert late_entry.data() == OperatorNote(text="late note", by="ops").model_dump(mode="json")
+        assert ledger.verify().ok
+        assert ledger.verify_archive(archive).ok
 
 
 class TestArchive:
