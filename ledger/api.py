@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import os
 import threading
 import time
 import uuid
@@ -38,6 +40,20 @@ from schemas.events import CheckpointSigned, Pruned, parse_event_payload
 from schemas.state import SessionState
 
 LEDGER_STREAM = "ledger"
+
+
+def read_witness(path: Path) -> StoredCheckpoint | None:
+    """A checkpoint note kept in a file (the witness copy, or one published elsewhere); None if absent."""
+    try:
+        note = Path(path).read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SigningKeyError(f"checkpoint file {path} is unreadable: {exc}") from exc
+    lines = note.split("\n")
+    if len(lines) < 2 or not lines[1].isdigit():
+        raise SigningKeyError(f"{path} is not a checkpoint note (expected origin, then size on line 2)")
+    return StoredCheckpoint(int(lines[1]), note)
 
 
 def _describe_validation(exc: ValidationError) -> str:
@@ -99,6 +115,8 @@ class Ledger:
         self.path = Path(path)
         self.durable = durable
         self._local = threading.local()
+        self._readers: list[Any] = []
+        self._readers_lock = threading.Lock()
         meta = store.read_meta(self._reader())
         if not meta:
             raise StorageError(f"{self.path} is not an initialised ledger (no meta rows)")
@@ -149,6 +167,8 @@ class Ledger:
         if conn is None:
             conn = store.connect(self.path, durable=self.durable)
             self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
         return conn
 
     # -- appending ---------------------------------------------------------------------------
@@ -187,21 +207,19 @@ class Ledger:
         return await p.future
 
     def append_many(self, items: Sequence[tuple[str, BaseModel | Mapping[str, Any]]]) -> list[Entry]:
-        """Append several events; they commit together when the writer is free."""
-        pendings = [self._pending(s, e) for s, e in items]
-        for p in pendings:
-            p.lock = threading.Lock()
-            p.lock.acquire()
-            self._writer.submit(p)
-        out = []
-        for p in pendings:
-            assert p.lock is not None
-            p.lock.acquire()
-            if p.error is not None:
-                raise p.error
-            assert p.entry is not None
-            out.append(p.entry)
-        return out
+        """Append several events atomically: all commit in one transaction, or none does."""
+        members = [self._pending(s, e) for s, e in items]
+        if not members:
+            return []
+        group = Pending(LEDGER_STREAM, "", b"", None)
+        group.members = members
+        group.lock = threading.Lock()
+        group.lock.acquire()
+        self._writer.submit(group)
+        group.lock.acquire()
+        if group.error is not None:
+            raise group.error
+        return [m.entry for m in members]  # type: ignore[misc]
 
     # -- reading -----------------------------------------------------------------------------
     def head(self) -> Head:
@@ -261,7 +279,27 @@ class Ledger:
             raise
         self._last_cp_size = cp.size
         self._last_cp_time = time.monotonic()
+        self._write_witness(cp)
         return cp
+
+    @property
+    def witness_path(self) -> Path:
+        """A copy of the newest checkpoint kept beside the key, outside the database: deleting the
+        checkpoints from the database (to hide a rewritten or truncated chain) does not delete it."""
+        return self.key_path.with_suffix(".checkpoint")
+
+    def _write_witness(self, cp: Checkpoint) -> None:
+        path = self.witness_path
+        current = read_witness(path)
+        if current is not None and current.size > cp.size:
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(cp.note)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
 
     def checkpoint(self, trigger: str = "manual", audit_report_sha256: str | None = None) -> Checkpoint:
         """Sign the current head, store the checkpoint and record it as an event."""
@@ -276,16 +314,26 @@ class Ledger:
         return cp
 
     def checkpoints(self) -> list[StoredCheckpoint]:
+        """The checkpoints stored in the database, oldest first."""
         return [StoredCheckpoint(size, note) for size, note, _t, _c in store.read_checkpoints(self._reader())]
 
     # -- verifying ---------------------------------------------------------------------------
-    def verify(self, *, verifier: Verifier | None = None, progress: Callable[[int], None] | None = None) -> VerifyReport:
-        """Stream the whole chain and check every link, payload and checkpoint."""
+    def verify(self, *, verifier: Verifier | None = None, progress: Callable[[int], None] | None = None,
+               extra_checkpoints: Sequence[StoredCheckpoint] = ()) -> VerifyReport:
+        """Stream the whole chain and check every link, payload and checkpoint.
+
+        Checked: the checkpoints in the database, the witness copy beside the key, and any
+        `extra_checkpoints` kept elsewhere (e.g. published ones).
+        """
+        checkpoints = [*self.checkpoints(), *extra_checkpoints]
+        witness = read_witness(self.witness_path)
+        if witness is not None and all(c.note != witness.note for c in checkpoints):
+            checkpoints.append(witness)
         conn = store.connect(self.path, durable=self.durable, readonly=True)
         try:
             return verify_rows(
                 store.iter_rows(conn),
-                checkpoints=self.checkpoints(),
+                checkpoints=checkpoints,
                 verifier=verifier if verifier is not None else self.verifier(),
                 origin=self.origin,
                 progress=progress,
@@ -337,12 +385,22 @@ class Ledger:
         # into every ancestor, a revocation ends a subtree): snapshot the whole delegation tree of each pruned
         # session, or replay, which cannot fold pruned payloads, would drift on those relatives.
         pruned_ids = set(sessions)
-        snapshots = [{"session_id": sid, "state": prune_mod.redact(store.read_session(conn, sid)) if sid in pruned_ids
-                      else store.read_session(conn, sid)} for sid in prune_mod.related_sessions(conn, sessions)]
-        event = Pruned(cutoff=cutoff, entries=written, payload_bytes=report.payload_bytes,
-                       sessions=[s for s in snapshots if s["state"] is not None],  # type: ignore[misc]
-                       archive=str(archive), archive_sha256=digest)
-        p = self._pending(LEDGER_STREAM, event)
+
+        def build(conn: Any, projections: Any) -> tuple[bytes, dict[str, Any]]:
+            # runs inside the prune's own transaction: the snapshots are the states as of this very append
+            snapshots = []
+            for sid in prune_mod.related_sessions(conn, sessions):
+                state = projections.get(sid)
+                if state is not None:
+                    snapshots.append({"session_id": sid,
+                                      "state": prune_mod.redact(state) if sid in pruned_ids else state})
+            event = Pruned(cutoff=cutoff, entries=written, payload_bytes=report.payload_bytes,
+                           sessions=snapshots, archive=str(archive), archive_sha256=digest)  # type: ignore[arg-type]
+            _, payload, data = encode_event(event)
+            return payload, data
+
+        p = Pending(LEDGER_STREAM, "ledger.pruned", b"", None)
+        p.build = build
         p.effect = prune_mod.null_payloads([sid for sid, _ in chosen], upto)
         p.lock = threading.Lock()
         p.lock.acquire()
@@ -400,11 +458,14 @@ class Ledger:
 
     # -- closing -----------------------------------------------------------------------------
     def close(self) -> None:
+        """Stop the writer (after the queued appends) and close every reader connection, of every thread."""
         self._writer.close()
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        with self._readers_lock:
+            for conn in self._readers:
+                with contextlib.suppress(Exception):
+                    conn.close()
+            self._readers.clear()
+        self._local = threading.local()
 
     def __enter__(self) -> Ledger:
         return self

@@ -49,10 +49,17 @@ class SessionStore(Protocol):
 
 
 class DictSessions(dict[str, dict[str, Any]]):
-    """A SessionStore over a plain dict (replay, tests)."""
+    """A SessionStore over a plain dict (replay, tests); `updated` remembers each session's last seq."""
+
+    seq = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.updated: dict[str, int] = {}
 
     def put(self, state: dict[str, Any]) -> None:
         self[state["session_id"]] = state
+        self.updated[state["session_id"]] = self.seq
 
 
 def _iso(us: int) -> str:

@@ -35,14 +35,15 @@ def rebuild(conn: sqlite3.Connection, progress: Callable[[int], None] | None = N
     apply = Projector().apply
     types = sorted(PROJECTED_TYPES)
     cursor = conn.execute(
-        f"SELECT s.name, e.type, e.payload, e.recorded_at FROM {ENTRY_FROM} "
+        f"SELECT e.seq, s.name, e.type, e.payload, e.recorded_at FROM {ENTRY_FROM} "
         f"WHERE e.type IN ({','.join('?' * len(types))}) AND e.payload IS NOT NULL ORDER BY e.seq",
         types,
     )
     cursor.arraysize = 2000
     loads = json.loads
     n = 0
-    for stream, type_, payload, at in cursor:
+    for seq, stream, type_, payload, at in cursor:
+        store.seq = seq
         apply(store, stream, type_, loads(payload), at)
         n += 1
         if progress is not None and not n & 0x3FFF:
@@ -101,5 +102,6 @@ def write_sessions(conn: sqlite3.Connection, sessions: dict[str, dict[str, Any]]
     conn.executemany(
         "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?)",
         [(sid, st["task_id"], st["status"], st.get("parent_session_id"), st["root_session_id"], st.get("ended_at"),
-          last_seq, json.dumps(st, sort_keys=True, separators=(",", ":"))) for sid, st in sessions.items()],
+          getattr(sessions, "updated", {}).get(sid, last_seq), json.dumps(st, sort_keys=True, separators=(",", ":")))
+         for sid, st in sessions.items()],
     )

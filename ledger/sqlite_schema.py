@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     status            TEXT NOT NULL,
     parent_session_id TEXT,
     root_session_id   TEXT NOT NULL,
-    ended_at          INTEGER,
+    ended_at          TEXT,
     updated_seq       INTEGER NOT NULL,
     state             TEXT NOT NULL
 );

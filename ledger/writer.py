@@ -39,7 +39,8 @@ _STOP = object()
 class Pending:
     """One queued append and the means to tell its caller how it went."""
 
-    __slots__ = ("data", "effect", "entry", "error", "future", "lock", "loop", "payload", "stream", "type")
+    __slots__ = ("build", "data", "effect", "entry", "error", "future", "lock", "loop", "members", "payload",
+                 "stream", "type")
 
     def __init__(self, stream: str, type_: str, payload: bytes, data: dict[str, Any] | None) -> None:
         self.stream = stream
@@ -48,6 +49,10 @@ class Pending:
         self.data = data
         #: run inside the append transaction, before the entry is inserted (used by prune)
         self.effect: Callable[[sqlite3.Connection], None] | None = None
+        #: computes (payload, data) inside the append transaction, from the projections as they are then
+        self.build: Callable[[sqlite3.Connection, Any], tuple[bytes, dict[str, Any]]] | None = None
+        #: a group: these appends commit in one transaction or not at all (the group itself is not an entry)
+        self.members: list[Pending] | None = None
         self.entry: Entry | None = None
         self.error: BaseException | None = None
         self.lock: threading.Lock | None = None
@@ -58,7 +63,8 @@ class Pending:
 def translate(exc: sqlite3.Error, doing: str) -> LedgerError:
     text = str(exc)
     if isinstance(exc, sqlite3.OperationalError) and ("full" in text or "disk I/O" in text):
-        return StorageFull(f"{doing}: the disk or database is full ({text}); nothing was written")
+        return StorageFull(f"{doing}: the disk is full or failing ({text}); the transaction was rolled back and "
+                           "nothing was written")
     return StorageError(f"{doing}: {text}")
 
 
@@ -80,6 +86,10 @@ class _CachedSessions:
     def put(self, state: dict[str, Any]) -> None:
         self.cache[state["session_id"]] = state
         self.dirty[state["session_id"]] = self.seq
+
+    def flush_dirty(self) -> None:
+        self.flush()
+        self.dirty.clear()
 
     def flush(self) -> None:
         rows = []
@@ -205,9 +215,12 @@ class Writer:
             urandom = os.urandom
             p_hash_of = chain.payload_hash
             chain_hash = chain.chain_hash
-            for p in batch:
+            for p in [m for g in batch for m in (g.members if g.members is not None else (g,))]:
                 if p.effect is not None:
                     p.effect(conn)
+                if p.build is not None:
+                    sessions.flush_dirty()  # the builder reads the projections as of this point
+                    p.payload, p.data = p.build(conn, sessions)
                 seq += 1
                 salt = urandom(chain.SALT_BYTES)
                 ph = p_hash_of(salt, p.payload)

@@ -489,3 +489,45 @@ class TestPropertyAppend:
             assert [e.seq for e in got] == list(range(1, len(evs) + 1))
             assert [e.type for e in got] == [e.type for e in evs]
             assert led.verify().ok
+
+
+class TestAppendMany:
+    def test_a_group_commits_as_one_transaction(self, ledger: Ledger) -> None:
+        """append_many's events get consecutive seqs and one commit time, even with other appenders racing."""
+        import threading
+
+        stop = threading.Event()
+
+        def noise() -> None:
+            while not stop.is_set():
+                ledger.append("noise", OperatorNote(text="x", by="other"))
+
+        t = threading.Thread(target=noise)
+        t.start()
+        try:
+            entries = ledger.append_many([("g", OperatorNote(text=f"n{i}", by="ops")) for i in range(50)])
+        finally:
+            stop.set()
+            t.join()
+        seqs = [e.seq for e in entries]
+        assert seqs == list(range(seqs[0], seqs[0] + 50))
+        assert len({e.recorded_at_us for e in entries}) == 1
+        assert ledger.verify().ok
+
+    def test_an_invalid_member_refuses_the_whole_group(self, ledger: Ledger) -> None:
+        """One bad payload in append_many writes nothing of the group."""
+        with pytest.raises(PayloadError):
+            ledger.append_many([("g", OperatorNote(text="ok", by="ops")), ("g", {"type": "operator.note"})])
+        assert ledger.head().size == 0
+
+    def test_close_closes_readers_of_every_thread(self, ledger: Ledger) -> None:
+        """Readers opened by other threads are closed by close() too."""
+        import threading
+
+        ledger.append("s", OperatorNote(text="x", by="y"))
+        t = threading.Thread(target=lambda: list(ledger.entries()))
+        t.start()
+        t.join()
+        assert len(ledger._readers) == 2
+        ledger.close()
+        assert ledger._readers == []

@@ -6,9 +6,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import sqlite3
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -304,3 +306,50 @@ class TestMerkleRoot:
         with raw_db(ledger) as conn:
             peaks = dict(conn.execute("SELECT level, hash FROM merkle_edge").fetchall())
         assert CompactRange(37, peaks).root() == root_of([e.hash for e in ledger.entries()])
+
+
+class TestWitness:
+    def test_witness_copy_is_written_beside_the_key(self, ledger: Ledger) -> None:
+        """Each checkpoint is also written, 0600, beside the key: outside the database it protects."""
+        ledger.append("s", note(0))
+        cp = ledger.checkpoint()
+        assert ledger.witness_path.read_text() == cp.note
+        assert ledger.witness_path.parent == ledger.key_path.parent
+        assert oct(ledger.witness_path.stat().st_mode & 0o777) == "0o600"
+
+    def test_truncation_is_caught_even_when_database_checkpoints_are_deleted(self, ledger: Ledger) -> None:
+        """Cutting the tail and deleting every checkpoint row still fails verify: the witness remembers."""
+        for i in range(6):
+            ledger.append("s", note(i))
+        ledger.checkpoint()
+        conn = sqlite3.connect(ledger.path)
+        conn.execute("DELETE FROM entries WHERE seq > 3")
+        conn.execute("DELETE FROM checkpoints")
+        conn.commit()
+        conn.close()
+        report = ledger.verify()
+        assert report.broken is not None and report.broken.problem == "truncated_tail"
+
+    def test_checkpoint_kept_elsewhere_can_be_given(self, ledger: Ledger, tmp_path: Path) -> None:
+        """A checkpoint published elsewhere is checked when handed to verify (extra_checkpoints)."""
+        for i in range(4):
+            ledger.append("s", note(i))
+        published = ledger.checkpoint()
+        ledger.witness_path.unlink()
+        conn = sqlite3.connect(ledger.path)
+        conn.execute("DELETE FROM entries WHERE seq > 2")
+        conn.execute("DELETE FROM checkpoints")
+        conn.commit()
+        conn.close()
+        assert ledger.verify().ok  # nothing left to compare with: only a warning
+        outside = read_witness_note(tmp_path, published.note)
+        report = ledger.verify(extra_checkpoints=[outside])
+        assert report.broken is not None and report.broken.problem == "truncated_tail"
+
+
+def read_witness_note(folder: Path, text: str) -> Any:
+    from ledger.api import read_witness
+
+    path = folder / "published.checkpoint"
+    path.write_text(text)
+    return read_witness(path)

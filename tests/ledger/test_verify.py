@@ -330,6 +330,9 @@ class TestNamedTampering:
         b = led.verify().broken
         assert b is not None
         assert b.problem == "bad_checkpoint_signature"
+        # the witness copy beside the key still holds the genuine checkpoint: the stranger's key fails on it
+        assert led.verify(verifier=stranger.verifier).broken.problem == "bad_checkpoint_signature"  # type: ignore[union-attr]
+        led.witness_path.unlink()
         assert led.verify(verifier=stranger.verifier).ok
 
     def test_checkpoint_of_another_origin(self, led: Ledger) -> None:
