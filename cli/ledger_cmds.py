@@ -11,6 +11,7 @@ import typer
 from cli.options import STATE, parse_duration, parse_when, want_json
 from cli.render import emit_json, err, fail, out, progress, table
 from ledger import Ledger, LedgerError
+from ledger.api import read_witness
 from ledger.checkpoint import load_verifier
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -62,6 +63,9 @@ def verify(
     archive: Annotated[list[Path] | None, typer.Option("--archive", help="Also re-check a prune archive "
                                                         "against the retained hashes (repeatable).")] = None,
     key: Annotated[Path | None, typer.Option("--key", help="Public key file (.pub) to check checkpoints with.")] = None,
+    checkpoint_file: Annotated[list[Path] | None, typer.Option("--checkpoint", help="A checkpoint note kept "
+                                                               "elsewhere (published, witnessed) to check the "
+                                                               "ledger against too (repeatable).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Check every link, payload hash and signed checkpoint; exit 1 on any tampering."""
@@ -69,11 +73,17 @@ def verify(
     with STATE.open() as led:
         try:
             verifier = load_verifier(key) if key else None
+            extra = []
+            for path in checkpoint_file or []:
+                cp = read_witness(path)
+                if cp is None:
+                    fail(f"--checkpoint: no file {path}")
+                extra.append(cp)
         except LedgerError as exc:
             fail(exc.diagnostics())
         size = led.head().size
         with progress("verifying", size, not as_json) as update:
-            report = led.verify(verifier=verifier, progress=update)
+            report = led.verify(verifier=verifier, progress=update, extra_checkpoints=extra)
         archives = [led.verify_archive(a) for a in archive or []]
     ok = report.ok and all(a.ok for a in archives)
     if as_json:

@@ -163,3 +163,23 @@ def test_console_script_runs_as_a_process(tmp_path: Path) -> None:
     res = subprocess.run([exe, "--json", "verify"], env=env, capture_output=True, text=True, check=False)
     assert res.returncode == 0 and json.loads(res.stdout)["ok"] is True
     assert subprocess.run([exe, "prune"], env=env, capture_output=True, check=False).returncode == 2
+
+
+def test_verify_against_a_published_checkpoint(run: Any, tmp_path: Path) -> None:
+    """`verify --checkpoint FILE` catches a cut tail that the database alone no longer shows."""
+    run("init")
+    for i in range(4):
+        run("note", "--stream", "s", "--text", f"n{i}", "--by", "ops")
+    published = tmp_path / "published.checkpoint"
+    published.write_text(run("checkpoint").stdout)
+    with Ledger.open(run.db) as led:
+        led.witness_path.unlink()
+    conn = sqlite3.connect(run.db)
+    conn.execute("DELETE FROM entries WHERE seq > 2")
+    conn.execute("DELETE FROM checkpoints")
+    conn.commit()
+    conn.close()
+    assert run.json("verify")["ok"] is True
+    report = run.json("verify", "--checkpoint", str(published), code=1)
+    assert report["problem"] == "truncated_tail"
+    run("verify", "--checkpoint", str(tmp_path / "missing"), code=2)
