@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import json
 import os
 import shutil
@@ -26,19 +25,22 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("LOGFIRE_IGNORE_NO_CONFIG", "1")
 
-from fastmcp import Client  # noqa: E402
+from fastmcp import Client
 
-from bench.common import median, pctl, write_results  # noqa: E402
-from engine.opencode_config import build_agent_config  # noqa: E402
-from engine.opencode_runner import OpenCodeService  # noqa: E402
-from engine.runtime import Engine  # noqa: E402
-from engine.scripted_model import ScriptedModel  # noqa: E402
-from engine.scripted_model.steps import TextStep  # noqa: E402
-from engine.settings import EngineSettings  # noqa: E402
+from bench.common import median, pctl, write_results
+from engine.opencode_config import build_agent_config
+from engine.opencode_runner import OpenCodeService
+from engine.runtime import Engine
+from engine.scripted_model import ScriptedModel
+from engine.scripted_model.steps import TextStep
+from engine.settings import EngineSettings
 
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "ct_dev_spawn_request.json"
-TARGETS = {"spawn_overhead_ms": ("<=", 150.0), "query_session_p50_ms": ("<=", 5.0),
-           "concurrent_5_vs_serial": ("<=", 0.4)}
+TARGETS = {
+    "spawn_overhead_ms": ("<=", 150.0),
+    "query_session_p50_ms": ("<=", 5.0),
+    "concurrent_5_vs_serial": ("<=", 0.4),
+}
 
 
 def request(project: Path, marker: str) -> dict[str, Any]:
@@ -85,9 +87,17 @@ async def main_async(rounds: int) -> dict[str, Any]:
             for i in range(rounds + 20):
                 model.add([TextStep(text="done")], match=f"M{i}:")
             raw = [await raw_start(model, tmp, n) for n in range(rounds)]
-            settings = EngineSettings(db_path=tmp / "l.db", allowed_roots=(str(project),), isolated=True,
-                                      work_dir=tmp / "agents", max_concurrent=5)
-            async with Engine(settings, model_base_url=model.base_url) as engine, Client(engine.mcp) as client:
+            settings = EngineSettings(
+                db_path=tmp / "l.db",
+                allowed_roots=(str(project),),
+                isolated=True,
+                work_dir=tmp / "agents",
+                max_concurrent=5,
+            )
+            async with (
+                Engine(settings, model_base_url=model.base_url) as engine,
+                Client(engine.mcp) as client,
+            ):
                 ours = []
                 for i in range(rounds):
                     dt, sid = await our_spawn(client, engine, project, f"M{i}:")
@@ -132,7 +142,9 @@ def main() -> None:
     r["met"] = {k: (r[k] <= v) for k, (op, v) in TARGETS.items()}
     path = write_results("engine", r)
     for k in TARGETS:
-        print(f"{k:28s} {r[k]:>9}  (target {TARGETS[k][0]} {TARGETS[k][1]}) {'ok' if r['met'][k] else 'MISSED'}")
+        print(
+            f"{k:28s} {r[k]:>9}  (target {TARGETS[k][0]} {TARGETS[k][1]}) {'ok' if r['met'][k] else 'MISSED'}"
+        )
     print(f"wrote {path}")
 
 

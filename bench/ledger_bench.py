@@ -25,9 +25,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import median, write_results  # noqa: E402
-from ledger import Ledger  # noqa: E402
-from schemas.events import (  # noqa: E402
+from bench.common import median, write_results
+from ledger import Ledger
+from schemas.events import (
     AgentCompleted,
     AgentSpawned,
     MessageSent,
@@ -48,9 +48,14 @@ TARGETS = {
 
 def tool_event(i: int, session: str) -> ToolCalled:
     """A ~300-byte payload, typical of what agents record."""
-    return ToolCalled(session_id=session, tool="write", call_id=f"call_{i:08d}", status="completed",
-                      input={"filePath": f"/work/project/src/module_{i % 97}.py", "content": "x = 1\n" * 20},
-                      output="Wrote file successfully.")
+    return ToolCalled(
+        session_id=session,
+        tool="write",
+        call_id=f"call_{i:08d}",
+        status="completed",
+        input={"filePath": f"/work/project/src/module_{i % 97}.py", "content": "x = 1\n" * 20},
+        output="Wrote file successfully.",
+    )
 
 
 def lifecycle(n_sessions: int, per_session: int) -> list[tuple[str, Any]]:
@@ -58,17 +63,47 @@ def lifecycle(n_sessions: int, per_session: int) -> list[tuple[str, Any]]:
     items: list[tuple[str, Any]] = []
     for s in range(n_sessions):
         sid = f"sess-{s:07d}-{uuid.UUID(int=s).hex[:12]}"
-        items.append((sid, AgentSpawned(session_id=sid, task_id=f"task-{s // 10}", role="backend", principal="backend",
-                                        delegator="pm", root_session_id=sid, depth=0)))
+        items.append(
+            (
+                sid,
+                AgentSpawned(
+                    session_id=sid,
+                    task_id=f"task-{s // 10}",
+                    role="backend",
+                    principal="backend",
+                    delegator="pm",
+                    root_session_id=sid,
+                    depth=0,
+                ),
+            )
+        )
         items.append((sid, MessageSent(session_id=sid, text="Implement the endpoint and its tests. " * 3)))
         for k in range(per_session - 4):
             if k % 3 == 2:
-                items.append((sid, OutputReceived(session_id=sid, text="Progress: " + "y" * 180,
-                                                  tokens=Tokens(input=1200, output=300), cost_usd=0.0081)))
+                items.append(
+                    (
+                        sid,
+                        OutputReceived(
+                            session_id=sid,
+                            text="Progress: " + "y" * 180,
+                            tokens=Tokens(input=1200, output=300),
+                            cost_usd=0.0081,
+                        ),
+                    )
+                )
             else:
                 items.append((sid, tool_event(k, sid)))
-        items.append((sid, OutputReceived(session_id=sid, text="Done: " + "z" * 150,
-                                          tokens=Tokens(input=900, output=200), cost_usd=0.006)))
+        items.append(
+            (
+                sid,
+                OutputReceived(
+                    session_id=sid,
+                    text="Done: " + "z" * 150,
+                    tokens=Tokens(input=900, output=200),
+                    cost_usd=0.006,
+                ),
+            )
+        )
         items.append((sid, AgentCompleted(session_id=sid, summary="done")))
     return items
 
@@ -87,7 +122,7 @@ def bench_raw_batch(tmp: Path, events: list[tuple[str, Any]], batch: int) -> flo
     t = time.perf_counter()
     for i in range(0, len(events), batch):
         rows = []
-        for s, e in events[i:i + batch]:
+        for s, e in events[i : i + batch]:
             d = e.model_dump(mode="json")
             rows.append((s, d["type"], json.dumps(d).encode()))
         conn.execute("BEGIN")
@@ -105,7 +140,9 @@ def bench_raw_single_latency(tmp: Path, events: list[tuple[str, Any]]) -> float:
         d = e.model_dump(mode="json")
         t = time.perf_counter()
         conn.execute("BEGIN")
-        conn.execute("INSERT INTO ev (stream, type, payload) VALUES (?,?,?)", (s, d["type"], json.dumps(d).encode()))
+        conn.execute(
+            "INSERT INTO ev (stream, type, payload) VALUES (?,?,?)", (s, d["type"], json.dumps(d).encode())
+        )
         conn.execute("COMMIT")
         lat.append(time.perf_counter() - t)
     conn.close()
@@ -175,7 +212,9 @@ def bench_es_replay(tmp: Path, events: list[tuple[str, Any]]) -> dict[str, float
     for s, e in events:
         d = e.model_dump(mode="json")
         versions[s] = versions.get(s, 0) + 1
-        batch.append(StoredEvent(uuid.uuid5(uuid.NAMESPACE_URL, s), versions[s], d["type"], json.dumps(d).encode()))
+        batch.append(
+            StoredEvent(uuid.uuid5(uuid.NAMESPACE_URL, s), versions[s], d["type"], json.dumps(d).encode())
+        )
         if len(batch) == 2000:
             rec.insert_events(batch)
             batch = []
@@ -201,7 +240,9 @@ def bench_es_replay(tmp: Path, events: list[tuple[str, Any]]) -> dict[str, float
             break
         for n in ns:
             d = json.loads(n.state)
-            st = state.setdefault(n.originator_id, {"tokens": 0, "cost": 0.0, "tools": 0, "status": "running"})
+            st = state.setdefault(
+                n.originator_id, {"tokens": 0, "cost": 0.0, "tools": 0, "status": "running"}
+            )
             if n.topic == "output.received":
                 st["tokens"] += d["tokens"]["input"] + d["tokens"]["output"]
                 st["cost"] += d["cost_usd"]
@@ -217,7 +258,7 @@ def bench_es_replay(tmp: Path, events: list[tuple[str, Any]]) -> dict[str, float
 def bench_ours_replay(tmp: Path, events: list[tuple[str, Any]]) -> float:
     led = Ledger.open(tmp / "ours_replay.db")
     for i in range(0, len(events), 5000):
-        led.append_many(events[i:i + 5000])
+        led.append_many(events[i : i + 5000])
     t = time.perf_counter()
     report = led.replay()
     dt = time.perf_counter() - t
@@ -264,7 +305,9 @@ def bench_verify_subprocess(path: Path) -> dict[str, float]:
         "'peak_rss_mb':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))"
     )
     root = Path(__file__).resolve().parent.parent
-    res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True, cwd=root)
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True, cwd=root
+    )
     return json.loads(res.stdout)
 
 
@@ -281,8 +324,15 @@ def main() -> None:
     n_verify = 20_000 if args.quick else args.verify_events
     tmp = Path(tempfile.mkdtemp(prefix="ledger-bench-", dir=args.tmp))
     os.environ.setdefault("LEDGER_KEYS_DIR", str(tmp / "keys"))
-    r: dict[str, Any] = {"sizes": {"concurrent": n_conc, "latency": n_lat, "eventsourcing_append": n_es,
-                                   "replay": n_replay, "verify": n_verify}}
+    r: dict[str, Any] = {
+        "sizes": {
+            "concurrent": n_conc,
+            "latency": n_lat,
+            "eventsourcing_append": n_es,
+            "replay": n_replay,
+            "verify": n_verify,
+        }
+    }
     try:
         events = lifecycle(n_conc // 20, 20)
         print("raw sqlite3, 100 per transaction ...", file=sys.stderr)
@@ -304,8 +354,10 @@ def main() -> None:
         es_rate = bench_es_append(tmp, events[:n_es])
         r["eventsourcing_append_events_per_s"] = round(es_rate)
         r["append_vs_eventsourcing"] = round(ours64 / es_rate, 3)
-        r["append_vs_eventsourcing_note"] = ("ours: each call appends one event, 64 callers at once (group commit); "
-                                             "eventsourcing: one event per insert_events call")
+        r["append_vs_eventsourcing_note"] = (
+            "ours: each call appends one event, 64 callers at once (group commit); "
+            "eventsourcing: one event per insert_events call"
+        )
 
         print("replay ...", file=sys.stderr)
         rev = lifecycle(n_replay // 20, 20)
@@ -322,7 +374,8 @@ def main() -> None:
         pbytes, n = build_big(big, n_verify)
         sha_rate = bench_sha256_baseline(big)
         v = bench_verify_subprocess(big)
-        assert v["ok"] and v["entries"] == n, v
+        assert v["ok"], v
+        assert v["entries"] == n, v
         r["verify_events_per_s"] = round(n / v["seconds"])
         r["verify_seconds"] = round(v["seconds"], 3)
         r["verify_peak_rss_mb"] = round(v["peak_rss_mb"], 1)
@@ -340,7 +393,9 @@ def main() -> None:
     path = write_results("ledger" if not args.quick else "ledger.quick", r)
     for k in TARGETS:
         if k in r:
-            print(f"{k:42s} {r[k]:>8}  (target {TARGETS[k][0]} {TARGETS[k][1]}) {'ok' if r['met'][k] else 'MISSED'}")
+            print(
+                f"{k:42s} {r[k]:>8}  (target {TARGETS[k][0]} {TARGETS[k][1]}) {'ok' if r['met'][k] else 'MISSED'}"
+            )
     print(f"wrote {path}")
 
 

@@ -28,9 +28,17 @@ app = typer.Typer(
 
 @app.callback()
 def _global(
-    db: Annotated[Path | None, typer.Option("--db", envvar="LEDGER_DB", help="Ledger database file "
-                                            "(default: the platform's user data folder).")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable JSON output for every command.")] = False,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            "--db",
+            envvar="LEDGER_DB",
+            help="Ledger database file (default: the platform's user data folder).",
+        ),
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Machine-readable JSON output for every command.")
+    ] = False,
 ) -> None:
     STATE.db = db
     STATE.json = json_out

@@ -42,17 +42,28 @@ FIXTURE = {
     "expected_output": "Implementation plan plus unit tests",
     "context": {"framework": "FastAPI", "database": "PostgreSQL"},
     "model": "claude-sonnet-4",
-    "original_task": {"task_id": "550e8400-e29b-41d4-a716-446655440000", "title": "Implement OAuth2 authentication",
-                      "description": "Deliver OAuth2 endpoints with JWT token support and tests",
-                      "requester": "Auctor", "requested_at": "2025-10-01T08:00:00Z"},
-    "cap_origin": {"ultimate_authority": "Auctor", "original_scope": "Full system development authority",
-                   "granted_at": "2025-10-01T07:30:00Z", "grant_context": "ct_dev delegation charter"},
-    "delegation_context": {"delegator": "Project Manager",
-                           "delegator_cap": "Delegation authority (Auctor, 2025-10-01T07:45:00Z)",
-                           "delegated_to": "backend_specialist",
-                           "delegated_cap": "Implement OAuth2 flow with automated tests",
-                           "constraints": ["Use Serena tools only", "Return reproducible test plan"],
-                           "phantom_level": "Delegation/Cap", "delegated_at": "2025-10-01T08:05:00Z"},
+    "original_task": {
+        "task_id": "550e8400-e29b-41d4-a716-446655440000",
+        "title": "Implement OAuth2 authentication",
+        "description": "Deliver OAuth2 endpoints with JWT token support and tests",
+        "requester": "Auctor",
+        "requested_at": "2025-10-01T08:00:00Z",
+    },
+    "cap_origin": {
+        "ultimate_authority": "Auctor",
+        "original_scope": "Full system development authority",
+        "granted_at": "2025-10-01T07:30:00Z",
+        "grant_context": "ct_dev delegation charter",
+    },
+    "delegation_context": {
+        "delegator": "Project Manager",
+        "delegator_cap": "Delegation authority (Auctor, 2025-10-01T07:45:00Z)",
+        "delegated_to": "backend_specialist",
+        "delegated_cap": "Implement OAuth2 flow with automated tests",
+        "constraints": ["Use Serena tools only", "Return reproducible test plan"],
+        "phantom_level": "Delegation/Cap",
+        "delegated_at": "2025-10-01T08:05:00Z",
+    },
 }
 
 
@@ -62,38 +73,60 @@ def _requests(project: Path) -> dict[str, dict[str, Any]]:
     root["project_directory"] = str(project)
     root["instructions"] = "[demo-root] " + root["instructions"] + "; delegate the unit tests to the tester."
     child = copy.deepcopy(root)
-    child.update(role="tester", instructions="[demo-child] Write the unit tests for the OAuth2 endpoints.",
-                 expected_output="A test module")
-    child["delegation_context"] = dict(root["delegation_context"], delegator="backend_specialist",
-                                       delegator_cap=root["delegation_context"]["delegated_cap"],
-                                       delegated_to="tester", delegated_cap="Write unit tests for the OAuth2 flow",
-                                       delegated_at=now)
+    child.update(
+        role="tester",
+        instructions="[demo-child] Write the unit tests for the OAuth2 endpoints.",
+        expected_output="A test module",
+    )
+    child["delegation_context"] = dict(
+        root["delegation_context"],
+        delegator="backend_specialist",
+        delegator_cap=root["delegation_context"]["delegated_cap"],
+        delegated_to="tester",
+        delegated_cap="Write unit tests for the OAuth2 flow",
+        delegated_at=now,
+    )
     back = copy.deepcopy(child)
     back.update(role="backend_specialist", instructions="[demo-back] Fix the endpoints yourself.")
-    back["delegation_context"] = dict(child["delegation_context"], delegator="tester",
-                                      delegator_cap=child["delegation_context"]["delegated_cap"],
-                                      delegated_to="backend_specialist", delegated_cap="Fix the endpoints")
+    back["delegation_context"] = dict(
+        child["delegation_context"],
+        delegator="tester",
+        delegator_cap=child["delegation_context"]["delegated_cap"],
+        delegated_to="backend_specialist",
+        delegated_cap="Fix the endpoints",
+    )
     bad = copy.deepcopy(root)
     bad["instructions"] = "[demo-bad] Deploy to production."
     bad["original_task"]["requester"] = "Mallory"
     bad["delegation_context"]["delegated_to"] = "frontend_specialist"
     slow = copy.deepcopy(root)
     slow.update(role="reviewer", instructions="[demo-slow] Review the OAuth2 change.")
-    slow["delegation_context"] = dict(root["delegation_context"], delegated_to="reviewer",
-                                      delegated_cap="Review the OAuth2 change")
+    slow["delegation_context"] = dict(
+        root["delegation_context"], delegated_to="reviewer", delegated_cap="Review the OAuth2 change"
+    )
     return {"root": root, "child": child, "back": back, "bad": bad, "slow": slow}
 
 
 def _script(model: ScriptedModel, reqs: dict[str, dict[str, Any]], project: Path) -> None:
     test_file = project / "tests" / "test_oauth.py"
-    model.add([ToolCallStep.of("ledger_spawn_agent", reqs["child"]),
-               TextStep(text="OAuth2 endpoints implemented; the unit tests are delegated to the tester.")],
-              match="[demo-root]")
-    model.add([ToolCallStep.of("write", {"filePath": str(test_file),
-                                         "content": "def test_token_roundtrip():\n    assert True\n"}),
-               ToolCallStep.of("ledger_spawn_agent", reqs["back"]),
-               TextStep(text="Wrote tests/test_oauth.py. Handing the fix back was refused (CYC-01).")],
-              match="[demo-child]")
+    model.add(
+        [
+            ToolCallStep.of("ledger_spawn_agent", reqs["child"]),
+            TextStep(text="OAuth2 endpoints implemented; the unit tests are delegated to the tester."),
+        ],
+        match="[demo-root]",
+    )
+    model.add(
+        [
+            ToolCallStep.of(
+                "write",
+                {"filePath": str(test_file), "content": "def test_token_roundtrip():\n    assert True\n"},
+            ),
+            ToolCallStep.of("ledger_spawn_agent", reqs["back"]),
+            TextStep(text="Wrote tests/test_oauth.py. Handing the fix back was refused (CYC-01)."),
+        ],
+        match="[demo-child]",
+    )
     model.add([HangStep(keepalive=0.5)], match="[demo-slow]")
 
 
@@ -131,8 +164,22 @@ async def run_demo(keep: Path | None, as_json: bool) -> bool:
     with ScriptedModel() as model:
         _script(model, reqs, project)
         env = {**os.environ, "LEDGER_KEYS_DIR": str(keys), "LOGFIRE_IGNORE_NO_CONFIG": "1"}
-        args = ["-m", "cli.app", "--db", str(db), "serve", "--constitution", str(constitution), "--isolated",
-                "--work-dir", str(work / "agents"), "--scripted-model", model.base_url, "--timeout", "120"]
+        args = [
+            "-m",
+            "cli.app",
+            "--db",
+            str(db),
+            "serve",
+            "--constitution",
+            str(constitution),
+            "--isolated",
+            "--work-dir",
+            str(work / "agents"),
+            "--scripted-model",
+            model.base_url,
+            "--timeout",
+            "120",
+        ]
         transport = StdioTransport(sys.executable, args, env=env, cwd=str(work), log_file=work / "serve.log")
         if not as_json:
             out.print(f"[bold]delegation-ledger demo[/] (offline; workspace {work})")
@@ -146,8 +193,10 @@ async def run_demo(keep: Path | None, as_json: bool) -> bool:
             root = (await client.call_tool("spawn_agent", reqs["root"])).data
             summary["root_session"] = root["session_id"]
             if not as_json:
-                out.print(f"  approved → session {root['session_id']} "
-                          f"(warnings: {', '.join(w['rule'] for w in root['warnings']) or 'none'})")
+                out.print(
+                    f"  approved → session {root['session_id']} "
+                    f"(warnings: {', '.join(w['rule'] for w in root['warnings']) or 'none'})"
+                )
                 _step("spawn_agent: a request whose requester is not the authority and whose role mismatches")
             try:
                 await client.call_tool("spawn_agent", reqs["bad"])
@@ -165,13 +214,18 @@ async def run_demo(keep: Path | None, as_json: bool) -> bool:
                     break
                 await asyncio.sleep(0.25)
             await asyncio.sleep(1.0)
-            stopped = (await client.call_tool("stop_agent", {"session_id": slow, "reason": "demo: no answer"})).data
+            stopped = (
+                await client.call_tool("stop_agent", {"session_id": slow, "reason": "demo: no answer"})
+            ).data
             summary["stopped"] = stopped
             if not as_json:
                 out.print(f"  session {slow} → {stopped['status']}")
                 _step("wait_for_agent: the root delegates to the tester through OpenCode's own MCP client")
-            done = (await client.call_tool("wait_for_agent", {"session_id": root["session_id"],
-                                                              "timeout_seconds": 120})).data
+            done = (
+                await client.call_tool(
+                    "wait_for_agent", {"session_id": root["session_id"], "timeout_seconds": 120}
+                )
+            ).data
             await _wait_all_terminal(client, 120)
             chain = (await client.call_tool("get_delegation_chain", {"session_id": root["session_id"]})).data
             verified = (await client.call_tool("verify_ledger", {})).data
@@ -181,8 +235,11 @@ async def run_demo(keep: Path | None, as_json: bool) -> bool:
         cp = led.checkpoint()
         report = led.verify()
         counts = Counter(e.type for e in led.entries())
-        refusals = [(e.stream, [f["rule"] for f in (e.data() or {})["verdict"]["violations"]])
-                    for e in led.entries(types=["gate.decided"]) if (e.data() or {})["verdict"]["decision"] == "rejected"]
+        refusals = [
+            (e.stream, [f["rule"] for f in (e.data() or {})["verdict"]["violations"]])
+            for e in led.entries(types=["gate.decided"])
+            if (e.data() or {})["verdict"]["decision"] == "rejected"
+        ]
         sessions = {s.session_id: s for s in led.sessions()}
     test_file = project / "tests" / "test_oauth.py"
     tree = summary["chain"]
@@ -191,15 +248,22 @@ async def run_demo(keep: Path | None, as_json: bool) -> bool:
         "root completed": tree["status"] == "completed",
         "two-hop chain": child is not None and child["role"] == "tester" and child["status"] == "completed",
         "tester wrote its file": test_file.exists(),
-        "main agent's bad request refused (ID-01, ID-03)": bool(summary["refusal"]) and "ID-01" in summary["refusal"]
+        "main agent's bad request refused (ID-01, ID-03)": bool(summary["refusal"])
+        and "ID-01" in summary["refusal"]
         and "ID-03" in summary["refusal"],
         "hand-back refused (CYC-01)": any("CYC-01" in rules for _, rules in refusals),
         "hanging agent stopped": summary["stopped"]["status"] == "stopped",
         "no session left running": all(s.status in TERMINAL_STATUSES for s in sessions.values()),
         "ledger verifies": report.ok and verified["ok"],
     }
-    summary.update(checks=checks, events=dict(counts), entries=report.entries, checkpoint=cp.note,
-                   refusals=refusals, seconds=round(time.monotonic() - t0, 1))
+    summary.update(
+        checks=checks,
+        events=dict(counts),
+        entries=report.entries,
+        checkpoint=cp.note,
+        refusals=refusals,
+        seconds=round(time.monotonic() - t0, 1),
+    )
     if as_json:
         emit_json(summary)
     else:
@@ -212,14 +276,22 @@ async def run_demo(keep: Path | None, as_json: bool) -> bool:
     return all(checks.values())
 
 
-def _render(summary: dict[str, Any], tree: dict[str, Any], entries: int, note: str, counts: Counter[str],
-            checks: dict[str, bool]) -> None:
+def _render(
+    summary: dict[str, Any],
+    tree: dict[str, Any],
+    entries: int,
+    note: str,
+    counts: Counter[str],
+    checks: dict[str, bool],
+) -> None:
     _step("the delegation chain, from the ledger")
 
     def add(node: Tree, st: dict[str, Any]) -> None:
-        branch = node.add(f"[bold]{st['role']}[/] {st['session_id'][:8]} [green]{st['status']}[/] "
-                          f"depth {st['depth']}, {st['tokens_used']} tokens, ${st['cost_usd']:.4f}, "
-                          f"{st['tool_calls']} tool call(s)")
+        branch = node.add(
+            f"[bold]{st['role']}[/] {st['session_id'][:8]} [green]{st['status']}[/] "
+            f"depth {st['depth']}, {st['tokens_used']} tokens, ${st['cost_usd']:.4f}, "
+            f"{st['tool_calls']} tool call(s)"
+        )
         for c in st.get("children", []):
             add(branch, c)
 
@@ -231,4 +303,6 @@ def _render(summary: dict[str, Any], tree: dict[str, Any], entries: int, note: s
     out.print("  events: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     for name, ok in checks.items():
         out.print(f"  {'[green]✓[/]' if ok else '[red]✗[/]'} {name}")
-    out.print(f"[bold]{'demo passed' if all(checks.values()) else 'demo FAILED'}[/] in {summary['seconds']} s")
+    out.print(
+        f"[bold]{'demo passed' if all(checks.values()) else 'demo FAILED'}[/] in {summary['seconds']} s"
+    )

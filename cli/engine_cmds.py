@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import sys
@@ -21,26 +22,60 @@ def register(app: typer.Typer) -> None:
 
 
 def serve(
-    transport: Annotated[str, typer.Option("--transport", help="stdio (default) or http (streamable HTTP, "
-                                           "loopback, bearer token).")] = "stdio",
+    transport: Annotated[
+        str,
+        typer.Option(
+            "--transport", help="stdio (default) or http (streamable HTTP, loopback, bearer token)."
+        ),
+    ] = "stdio",
     host: Annotated[str, typer.Option("--host", help="HTTP host (loopback only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="HTTP port (0 = any free port).")] = 0,
-    token: Annotated[str | None, typer.Option("--token", envvar="LEDGER_TOKEN", help="Bearer token the main "
-                                              "agent uses over HTTP (default: generated, printed on stderr).")] = None,
-    constitution: Annotated[Path | None, typer.Option("--constitution", envvar="LEDGER_CONSTITUTION",
-                                                      help="Constitution file (TOML).")] = None,
-    allow_root: Annotated[list[Path] | None, typer.Option("--allow-root", help="Allowed project root when no "
-                                                          "constitution file is used (repeatable; default: the "
-                                                          "current directory).")] = None,
-    max_concurrent: Annotated[int, typer.Option("--max-concurrent", min=1, help="Agents running at once.")] = 5,
-    model: Annotated[str | None, typer.Option("--model", help="provider/model for agents (default: the "
-                                              "project's opencode.json).")] = None,
-    scripted_model: Annotated[str | None, typer.Option("--scripted-model", envvar="LEDGER_SCRIPTED_MODEL_URL",
-                                                       help="Base URL (…/v1) of a scripted OpenAI-compatible "
-                                                       "model (offline demo and tests).")] = None,
-    isolated: Annotated[bool, typer.Option("--isolated", help="Run OpenCode with its own config and data "
-                                           "folders (never the user's own setup).")] = False,
-    work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Where agents' OpenCode state lives.")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="LEDGER_TOKEN",
+            help="Bearer token the main agent uses over HTTP (default: generated, printed on stderr).",
+        ),
+    ] = None,
+    constitution: Annotated[
+        Path | None,
+        typer.Option("--constitution", envvar="LEDGER_CONSTITUTION", help="Constitution file (TOML)."),
+    ] = None,
+    allow_root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--allow-root",
+            help="Allowed project root when no "
+            "constitution file is used (repeatable; default: the "
+            "current directory).",
+        ),
+    ] = None,
+    max_concurrent: Annotated[
+        int, typer.Option("--max-concurrent", min=1, help="Agents running at once.")
+    ] = 5,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="provider/model for agents (default: the project's opencode.json)."),
+    ] = None,
+    scripted_model: Annotated[
+        str | None,
+        typer.Option(
+            "--scripted-model",
+            envvar="LEDGER_SCRIPTED_MODEL_URL",
+            help="Base URL (…/v1) of a scripted OpenAI-compatible model (offline demo and tests).",
+        ),
+    ] = None,
+    isolated: Annotated[
+        bool,
+        typer.Option(
+            "--isolated",
+            help="Run OpenCode with its own config and data folders (never the user's own setup).",
+        ),
+    ] = False,
+    work_dir: Annotated[
+        Path | None, typer.Option("--work-dir", help="Where agents' OpenCode state lives.")
+    ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Default per-delegation timeout (s).")] = 900.0,
 ) -> None:
     """Run the MCP server (stdio for a local client; streamable HTTP on loopback with a bearer token)."""
@@ -53,9 +88,16 @@ def serve(
     if transport == "http" and host not in ("127.0.0.1", "localhost", "::1"):
         fail(f"--host: the HTTP transport serves loopback only (got {host!r})")
     roots = tuple(str(p.resolve()) for p in (allow_root or [Path.cwd()]))
-    settings = EngineSettings(db_path=STATE.db_path, constitution_path=constitution, allowed_roots=roots,
-                              max_concurrent=max_concurrent, model=model, isolated=isolated, work_dir=work_dir,
-                              default_timeout_s=timeout)
+    settings = EngineSettings(
+        db_path=STATE.db_path,
+        constitution_path=constitution,
+        allowed_roots=roots,
+        max_concurrent=max_concurrent,
+        model=model,
+        isolated=isolated,
+        work_dir=work_dir,
+        default_timeout_s=timeout,
+    )
     configure_telemetry()
 
     async def run() -> None:
@@ -67,9 +109,11 @@ def serve(
         try:
             if transport == "http":
                 main_token = token or secrets.token_urlsafe(32)
-                engine.tokens._by_token[main_token] = "operator"  # noqa: SLF001
-                err.print(f"MCP over streamable HTTP at {engine.agent_mcp_url} (Authorization: Bearer "
-                          f"{'<given token>' if token else main_token})")
+                engine.tokens._by_token[main_token] = "operator"
+                err.print(
+                    f"MCP over streamable HTTP at {engine.agent_mcp_url} (Authorization: Bearer "
+                    f"{'<given token>' if token else main_token})"
+                )
                 await asyncio.Event().wait()
             else:
                 assert engine.mcp is not None
@@ -77,10 +121,8 @@ def serve(
         finally:
             await engine.stop()
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
 
 
 def demo(

@@ -25,7 +25,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(gate_app, name="gate")
 
 
-def constitution_for(path: Path | None, profile: str | None, allow_roots: list[Path] | None) -> gate.Constitution:
+def constitution_for(
+    path: Path | None, profile: str | None, allow_roots: list[Path] | None
+) -> gate.Constitution:
     settings = EngineSettings(constitution_path=path, allowed_roots=tuple(str(p) for p in allow_roots or ()))
     try:
         constitution = load_constitution_file(settings)
@@ -41,12 +43,20 @@ def constitution_for(path: Path | None, profile: str | None, allow_roots: list[P
 @gate_app.command("check")
 def check(
     file: Annotated[Path, typer.Argument(help="JSON file with spawn_agent arguments.")],
-    profile: Annotated[str | None, typer.Option("--profile", help="default | strict (overrides the file).")] = None,
+    profile: Annotated[
+        str | None, typer.Option("--profile", help="default | strict (overrides the file).")
+    ] = None,
     parent: Annotated[str | None, typer.Option("--parent", help="Judge as a child of this session.")] = None,
-    constitution: Annotated[Path | None, typer.Option("--constitution", envvar="LEDGER_CONSTITUTION",
-                                                      help="Constitution file (TOML).")] = None,
-    allow_root: Annotated[list[Path] | None, typer.Option("--allow-root", help="Allowed project root when no "
-                                                          "constitution file is used (repeatable).")] = None,
+    constitution: Annotated[
+        Path | None,
+        typer.Option("--constitution", envvar="LEDGER_CONSTITUTION", help="Constitution file (TOML)."),
+    ] = None,
+    allow_root: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--allow-root", help="Allowed project root when no constitution file is used (repeatable)."
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Judge a request against the current ledger and constitution, recording nothing: exit 0 approved, 1 refused."""
@@ -77,8 +87,10 @@ def check(
         emit_json(verdict.model_dump(mode="json"))
     else:
         colour = "green" if verdict.decision == "approved" else "bold red"
-        out.print(f"[{colour}]{verdict.decision.upper()}[/] (profile {verdict.profile}, ruleset "
-                  f"{verdict.ruleset_hash[:23]}…)")
+        out.print(
+            f"[{colour}]{verdict.decision.upper()}[/] (profile {verdict.profile}, ruleset "
+            f"{verdict.ruleset_hash[:23]}…)"
+        )
         for f in [*verdict.violations, *verdict.warnings]:
             tag = "[red]error[/]  " if f.severity == "error" else "[yellow]warning[/]"
             out.print(f"{tag} {f.rule} hop {f.hop} {f.path or '(request)'}: {f.message}")

@@ -26,7 +26,9 @@ def register(app: typer.Typer) -> None:
 
 
 def init(
-    key: Annotated[Path | None, typer.Option("--key", help="Where to write the private key (default: user config).")] = None,
+    key: Annotated[
+        Path | None, typer.Option("--key", help="Where to write the private key (default: user config).")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Create the ledger database and its Ed25519 signing key (mode 0600, outside the database)."""
@@ -37,9 +39,15 @@ def init(
     except LedgerError as exc:
         fail(exc.diagnostics())
     with led:
-        info = {"db": str(path), "created": not existed, "ledger_id": led.ledger_id, "origin": led.origin,
-                "key": str(led.key_path), "public_key": str(led.key_path.with_suffix(".pub")),
-                "verifier_key": led.signer.verifier.text() if led.signer else None}
+        info = {
+            "db": str(path),
+            "created": not existed,
+            "ledger_id": led.ledger_id,
+            "origin": led.origin,
+            "key": str(led.key_path),
+            "public_key": str(led.key_path.with_suffix(".pub")),
+            "verifier_key": led.signer.verifier.text() if led.signer else None,
+        }
     if want_json(json_out):
         emit_json(info)
         return
@@ -60,12 +68,24 @@ def checkpoint(json_out: JsonOpt = False) -> None:
 
 
 def verify(
-    archive: Annotated[list[Path] | None, typer.Option("--archive", help="Also re-check a prune archive "
-                                                        "against the retained hashes (repeatable).")] = None,
-    key: Annotated[Path | None, typer.Option("--key", help="Public key file (.pub) to check checkpoints with.")] = None,
-    checkpoint_file: Annotated[list[Path] | None, typer.Option("--checkpoint", help="A checkpoint note kept "
-                                                               "elsewhere (published, witnessed) to check the "
-                                                               "ledger against too (repeatable).")] = None,
+    archive: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--archive", help="Also re-check a prune archive against the retained hashes (repeatable)."
+        ),
+    ] = None,
+    key: Annotated[
+        Path | None, typer.Option("--key", help="Public key file (.pub) to check checkpoints with.")
+    ] = None,
+    checkpoint_file: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--checkpoint",
+            help="A checkpoint note kept "
+            "elsewhere (published, witnessed) to check the "
+            "ledger against too (repeatable).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Check every link, payload hash and signed checkpoint; exit 1 on any tampering."""
@@ -90,8 +110,10 @@ def verify(
         emit_json({**report.to_json(), "ok": ok, "archives": [a.to_json() for a in archives]})
     else:
         if report.ok:
-            out.print(f"[green]ok[/]: {report.entries} entries verified ({report.pruned} pruned payloads), "
-                      f"{report.checkpoints_checked} checkpoint(s) checked; head {report.head}")
+            out.print(
+                f"[green]ok[/]: {report.entries} entries verified ({report.pruned} pruned payloads), "
+                f"{report.checkpoints_checked} checkpoint(s) checked; head {report.head}"
+            )
         else:
             b = report.broken
             assert b is not None
@@ -102,27 +124,42 @@ def verify(
             err.print(f"[yellow]warning:[/] {w}")
         for a in archives:
             if a.ok:
-                out.print(f"[green]ok[/]: archive {a.archive}: {a.checked} payloads match the retained hashes")
+                out.print(
+                    f"[green]ok[/]: archive {a.archive}: {a.checked} payloads match the retained hashes"
+                )
             else:
-                out.print(f"[bold red]ARCHIVE MISMATCH[/] {a.archive}: {len(a.problems)} problem(s); first: "
-                          f"{a.problems[0]['message']}")
+                out.print(
+                    f"[bold red]ARCHIVE MISMATCH[/] {a.archive}: {len(a.problems)} problem(s); first: "
+                    f"{a.problems[0]['message']}"
+                )
     raise typer.Exit(0 if ok else 1)
 
 
 def prune(
-    older_than: Annotated[str | None, typer.Option("--older-than", help="Prune sessions that ended longer ago "
-                                                   "than this (30d, 12h, 6w).")] = None,
-    before: Annotated[str | None, typer.Option("--before", help="Prune sessions that ended before this date.")] = None,
-    archive: Annotated[Path | None, typer.Option("--archive", help="Archive file (.jsonl.gz); default: beside "
-                                                 "the database.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report what would be pruned; change nothing.")] = False,
+    older_than: Annotated[
+        str | None,
+        typer.Option("--older-than", help="Prune sessions that ended longer ago than this (30d, 12h, 6w)."),
+    ] = None,
+    before: Annotated[
+        str | None, typer.Option("--before", help="Prune sessions that ended before this date.")
+    ] = None,
+    archive: Annotated[
+        Path | None, typer.Option("--archive", help="Archive file (.jsonl.gz); default: beside the database.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report what would be pruned; change nothing.")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Archive then remove payloads of terminal sessions older than a cutoff; hashes stay verifiable."""
     if (older_than is None) == (before is None):
         fail("give exactly one of --older-than DURATION or --before DATE")
     now = datetime.now(UTC)
-    cutoff = now - parse_duration(older_than, "--older-than") if older_than else parse_when(before or "", "--before")
+    cutoff = (
+        now - parse_duration(older_than, "--older-than")
+        if older_than
+        else parse_when(before or "", "--before")
+    )
     with STATE.open() as led:
         try:
             report = led.prune(cutoff, archive=archive, dry_run=dry_run, now=now)
@@ -132,32 +169,42 @@ def prune(
         emit_json(report.to_json())
         return
     verb = "would prune" if dry_run else "pruned"
-    out.print(f"{verb} {report.entries} payload(s) ({report.payload_bytes} bytes) of {report.streams} stream(s) "
-              f"({len(report.sessions)} session(s)) that ended before {report.cutoff}; "
-              f"{report.skipped_active} active session(s) left alone")
+    out.print(
+        f"{verb} {report.entries} payload(s) ({report.payload_bytes} bytes) of {report.streams} stream(s) "
+        f"({len(report.sessions)} session(s)) that ended before {report.cutoff}; "
+        f"{report.skipped_active} active session(s) left alone"
+    )
     if not dry_run and report.archive:
         out.print(f"archive {report.archive} sha256 {report.archive_sha256}")
         out.print(f"database {report.db_bytes_before} -> {report.db_bytes_after} bytes")
 
 
 def replay(
-    check: Annotated[bool, typer.Option("--check", help="Compare the rebuild with the stored projections; "
-                                        "exit 1 on drift.")] = False,
+    check: Annotated[
+        bool,
+        typer.Option("--check", help="Compare the rebuild with the stored projections; exit 1 on drift."),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Rebuild sessions, the delegation tree, budgets and revocations from the events."""
     as_json = want_json(json_out)
-    with STATE.open() as led:
-        with progress("replaying", led.head().size, not as_json) as update:
-            report = led.replay(check=check, progress=update)
+    with STATE.open() as led, progress("replaying", led.head().size, not as_json) as update:
+        report = led.replay(check=check, progress=update)
     if as_json:
         emit_json(report.to_json())
     elif check and not report.ok:
-        out.print(f"[bold red]DRIFT[/]: {len(report.drift)} difference(s) between the events and the projections")
-        table(None, ["session", "field", "projection", "rebuilt"],
-              [(d["session_id"], d["field"], d.get("actual"), d.get("expected")) for d in report.drift[:50]])
+        out.print(
+            f"[bold red]DRIFT[/]: {len(report.drift)} difference(s) between the events and the projections"
+        )
+        table(
+            None,
+            ["session", "field", "projection", "rebuilt"],
+            [(d["session_id"], d["field"], d.get("actual"), d.get("expected")) for d in report.drift[:50]],
+        )
     else:
         what = "checked" if check else "rebuilt"
-        out.print(f"[green]ok[/]: {what} {report.sessions} session(s) from {report.folded} projected event(s) "
-                  f"of {report.events}")
+        out.print(
+            f"[green]ok[/]: {what} {report.sessions} session(s) from {report.folded} projected event(s) "
+            f"of {report.events}"
+        )
     raise typer.Exit(0 if report.ok else 1)

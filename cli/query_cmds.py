@@ -49,8 +49,9 @@ def _summary(e: Entry) -> str:
     return ""
 
 
-def _filters(stream: str | None, task: str | None, types: list[str] | None, since: str | None,
-             until: str | None) -> dict[str, Any]:
+def _filters(
+    stream: str | None, task: str | None, types: list[str] | None, since: str | None, until: str | None
+) -> dict[str, Any]:
     for t in types or []:
         if t not in EVENT_TYPES:
             fail(f"--type: unknown event type {t!r}; known: {', '.join(EVENT_TYPES)}")
@@ -83,7 +84,10 @@ UntilOpt = Annotated[str | None, typer.Option("--until", help="Recorded before (
 
 
 def events(
-    stream: StreamOpt = None, task: TaskOpt = None, type_: TypeOpt = None, since: SinceOpt = None,
+    stream: StreamOpt = None,
+    task: TaskOpt = None,
+    type_: TypeOpt = None,
+    since: SinceOpt = None,
     until: UntilOpt = None,
     limit: Annotated[int, typer.Option("--limit", min=1, help="At most this many (newest last).")] = 100,
     json_out: JsonOpt = False,
@@ -95,8 +99,14 @@ def events(
     if want_json(json_out):
         emit_json([_entry_json(e) for e in rows])
         return
-    table(f"{len(rows)} event(s)", ["seq", "recorded at", "stream", "type", "summary"],
-          [(e.seq, e.recorded_at.strftime("%Y-%m-%d %H:%M:%S"), e.stream[:24], e.type, _summary(e)) for e in rows])
+    table(
+        f"{len(rows)} event(s)",
+        ["seq", "recorded at", "stream", "type", "summary"],
+        [
+            (e.seq, e.recorded_at.strftime("%Y-%m-%d %H:%M:%S"), e.stream[:24], e.type, _summary(e))
+            for e in rows
+        ],
+    )
 
 
 def sessions(
@@ -112,9 +122,23 @@ def sessions(
     if want_json(json_out):
         emit_json([s.model_dump() for s in found])
         return
-    table(f"{len(found)} session(s)", ["session", "task", "role", "status", "depth", "parent", "tokens", "cost $"],
-          [(s.session_id, s.task_id[:16], s.role, s.status, s.depth, (s.parent_session_id or "")[:12],
-            s.tokens_used, f"{s.cost_usd:.4f}") for s in found])
+    table(
+        f"{len(found)} session(s)",
+        ["session", "task", "role", "status", "depth", "parent", "tokens", "cost $"],
+        [
+            (
+                s.session_id,
+                s.task_id[:16],
+                s.role,
+                s.status,
+                s.depth,
+                (s.parent_session_id or "")[:12],
+                s.tokens_used,
+                f"{s.cost_usd:.4f}",
+            )
+            for s in found
+        ],
+    )
 
 
 def show(session_id: Annotated[str, typer.Argument(help="Session id.")], json_out: JsonOpt = False) -> None:
@@ -128,8 +152,11 @@ def show(session_id: Annotated[str, typer.Argument(help="Session id.")], json_ou
         emit_json({"session": state.model_dump() if state else None, "events": [_entry_json(e) for e in evs]})
         return
     if state is not None:
-        table(f"session {session_id}", ["field", "value"],
-              [(k, v) for k, v in state.model_dump().items() if v not in (None, [], "")])
+        table(
+            f"session {session_id}",
+            ["field", "value"],
+            [(k, v) for k, v in state.model_dump().items() if v not in (None, [], "")],
+        )
     else:
         out.print(f"stream {session_id} has no session (a refused request leaves none)")
     table("events", ["seq", "type", "summary"], [(e.seq, e.type, _summary(e)) for e in evs])
@@ -137,7 +164,10 @@ def show(session_id: Annotated[str, typer.Argument(help="Session id.")], json_ou
 
 def export(
     output: Annotated[Path | None, typer.Option("--out", help="File to write (default: stdout).")] = None,
-    stream: StreamOpt = None, type_: TypeOpt = None, since: SinceOpt = None, until: UntilOpt = None,
+    stream: StreamOpt = None,
+    type_: TypeOpt = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
 ) -> None:
     """Export entries as JSON Lines (headers, hashes, canonical payloads): re-verifiable anywhere."""
     filters = _filters(stream, None, type_, since, until)

@@ -1,8 +1,8 @@
 """The public Python API: open a ledger, append, read, checkpoint, verify.
 
-    with Ledger.open("audit.db") as led:
-        entry = led.append("session-1", OperatorNote(text="looked fine", by="ops"))
-        assert led.verify().ok
+with Ledger.open("audit.db") as led:
+    entry = led.append("session-1", OperatorNote(text="looked fine", by="ops"))
+    assert led.verify().ok
 """
 
 from __future__ import annotations
@@ -91,7 +91,9 @@ def encode_event(event: BaseModel | Mapping[str, Any]) -> tuple[str, bytes, dict
         try:
             model = parse_event_payload(dict(event))
         except ValidationError as exc:
-            raise PayloadError(f"invalid {event.get('type', 'event')!r} payload: {_describe_validation(exc)}") from exc
+            raise PayloadError(
+                f"invalid {event.get('type', 'event')!r} payload: {_describe_validation(exc)}"
+            ) from exc
     # the models keep NaN/Infinity as floats when dumped (ser_json_inf_nan="constants"), so the
     # canonical encoder refuses them; the walk below only runs then, to name the field
     data = model.model_dump(mode="json")
@@ -103,15 +105,24 @@ def encode_event(event: BaseModel | Mapping[str, Any]) -> tuple[str, bytes, dict
     except PayloadError:
         bad = _non_finite(model, "")
         if bad is not None:
-            raise PayloadError(f"payload field {bad[0]} holds {bad[1]!r}, which JSON cannot represent") from None
+            raise PayloadError(
+                f"payload field {bad[0]} holds {bad[1]!r}, which JSON cannot represent"
+            ) from None
         raise
 
 
 class Ledger:
     """One ledger file: a single writer thread, thread-local readers, an optional signing key."""
 
-    def __init__(self, path: Path, *, durable: bool = True, key_path: Path | None = None,
-                 checkpoint_every: int = 10_000, checkpoint_interval_s: float = 300.0) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        durable: bool = True,
+        key_path: Path | None = None,
+        checkpoint_every: int = 10_000,
+        checkpoint_interval_s: float = 300.0,
+    ) -> None:
         self.path = Path(path)
         self.durable = durable
         self._local = threading.local()
@@ -146,8 +157,12 @@ class Ledger:
         try:
             if not store.read_meta_safe(conn):
                 ledger_id = uuid.uuid4().hex[:16]
-                store.init_schema(conn, ledger_id, f"delegation-ledger/{ledger_id}",
-                                  datetime.now(UTC).isoformat().replace("+00:00", "Z"))
+                store.init_schema(
+                    conn,
+                    ledger_id,
+                    f"delegation-ledger/{ledger_id}",
+                    datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                )
         finally:
             conn.close()
         return cls(path, **kwargs)
@@ -178,8 +193,10 @@ class Ledger:
         except UnicodeEncodeError:  # a lone surrogate has no UTF-8 form: refused like any invalid name
             size = 0
         if not size or size > MAX_STREAM_BYTES:
-            raise PayloadError(f"stream must be a non-empty UTF-8 string of at most {MAX_STREAM_BYTES} bytes "
-                               f"(got {stream!r:.80})")
+            raise PayloadError(
+                f"stream must be a non-empty UTF-8 string of at most {MAX_STREAM_BYTES} bytes "
+                f"(got {stream!r:.80})"
+            )
         type_, payload, data = encode_event(event)
         if len(type_.encode()) > MAX_TYPE_BYTES:
             raise PayloadError(f"event type longer than {MAX_TYPE_BYTES} bytes")
@@ -234,10 +251,16 @@ class Ledger:
         state = store.read_session(self._reader(), session_id)
         return None if state is None else SessionState.model_validate(state)
 
-    def sessions(self, *, statuses: Sequence[str] | None = None, task_id: str | None = None,
-                 root_session_id: str | None = None) -> list[SessionState]:
-        rows = store.read_sessions(self._reader(), statuses=statuses, task_id=task_id,
-                                   root_session_id=root_session_id)
+    def sessions(
+        self,
+        *,
+        statuses: Sequence[str] | None = None,
+        task_id: str | None = None,
+        root_session_id: str | None = None,
+    ) -> list[SessionState]:
+        rows = store.read_sessions(
+            self._reader(), statuses=statuses, task_id=task_id, root_session_id=root_session_id
+        )
         return [SessionState.model_validate(r) for r in rows]
 
     def meta(self) -> dict[str, str]:
@@ -265,7 +288,8 @@ class Ledger:
         if self._signer is None or head.size <= self._last_cp_size:
             return
         due = head.size - self._last_cp_size >= self._checkpoint_every or (
-            time.monotonic() - self._last_cp_time >= self._checkpoint_interval_s)
+            time.monotonic() - self._last_cp_time >= self._checkpoint_interval_s
+        )
         if due:
             self._sign_at_head(conn, "periodic")
 
@@ -308,9 +332,17 @@ class Ledger:
             cp = self._sign_at_head(conn, trigger)
         finally:
             conn.close()
-        self.append(LEDGER_STREAM, CheckpointSigned(size=cp.size, root_hash=cp.root.hex(), head_hash=cp.head.hex(),
-                                                     note=cp.note, trigger=trigger,  # type: ignore[arg-type]
-                                                     audit_report_sha256=audit_report_sha256))
+        self.append(
+            LEDGER_STREAM,
+            CheckpointSigned(
+                size=cp.size,
+                root_hash=cp.root.hex(),
+                head_hash=cp.head.hex(),
+                note=cp.note,
+                trigger=trigger,  # type: ignore[arg-type]
+                audit_report_sha256=audit_report_sha256,
+            ),
+        )
         return cp
 
     def checkpoints(self) -> list[StoredCheckpoint]:
@@ -318,8 +350,13 @@ class Ledger:
         return [StoredCheckpoint(size, note) for size, note, _t, _c in store.read_checkpoints(self._reader())]
 
     # -- verifying ---------------------------------------------------------------------------
-    def verify(self, *, verifier: Verifier | None = None, progress: Callable[[int], None] | None = None,
-               extra_checkpoints: Sequence[StoredCheckpoint] = ()) -> VerifyReport:
+    def verify(
+        self,
+        *,
+        verifier: Verifier | None = None,
+        progress: Callable[[int], None] | None = None,
+        extra_checkpoints: Sequence[StoredCheckpoint] = (),
+    ) -> VerifyReport:
         """Stream the whole chain and check every link, payload and checkpoint.
 
         Checked: the checkpoints in the database, the witness copy beside the key, and any
@@ -342,16 +379,25 @@ class Ledger:
             conn.close()
 
     # -- pruning, archives, replay ---------------------------------------------------------
-    def prune(self, cutoff: datetime, *, archive: Path | None = None, dry_run: bool = False,
-              now: datetime | None = None) -> PruneReport:
+    def prune(
+        self,
+        cutoff: datetime,
+        *,
+        archive: Path | None = None,
+        dry_run: bool = False,
+        now: datetime | None = None,
+    ) -> PruneReport:
         """Archive then remove payloads of terminal sessions older than `cutoff`; headers and hashes stay."""
         now = now or datetime.now(UTC)
         if cutoff.tzinfo is None:
             raise PruneError(f"cutoff {cutoff.isoformat()} has no timezone")
         if cutoff > now:
             raise PruneError(f"cutoff {cutoff.isoformat()} is in the future (now is {now.isoformat()})")
-        report = PruneReport(cutoff=cutoff.astimezone(UTC).isoformat().replace("+00:00", "Z"), dry_run=dry_run,
-                             db_bytes_before=prune_mod.file_bytes(self.path))
+        report = PruneReport(
+            cutoff=cutoff.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            dry_run=dry_run,
+            db_bytes_before=prune_mod.file_bytes(self.path),
+        )
         conn = self._reader()
         # Only entries up to the current head are archived and stripped: an entry another writer appends to a
         # chosen stream while the archive is written must keep its payload, since the archive lacks it.
@@ -360,7 +406,7 @@ class Ledger:
         report.sessions, report.streams = sessions, len(chosen)
         names = [name for _, name in chosen]
         for batch_start in range(0, len(names), 500):
-            for e in store.iter_entries(conn, stop=upto, streams=names[batch_start:batch_start + 500]):
+            for e in store.iter_entries(conn, stop=upto, streams=names[batch_start : batch_start + 500]):
                 if e.payload is not None:
                     report.entries += 1
                     report.payload_bytes += len(e.payload)
@@ -370,12 +416,17 @@ class Ledger:
         if archive is None:
             stamp = now.strftime("%Y%m%dT%H%M%SZ")
             archive = self.path.with_name(f"{self.path.stem}.pruned-{stamp}.jsonl.gz")
-        header = {"origin": self.origin, "ledger_id": self.ledger_id, "cutoff": report.cutoff,
-                  "created_at": now.isoformat().replace("+00:00", "Z"), "sessions": sessions}
+        header = {
+            "origin": self.origin,
+            "ledger_id": self.ledger_id,
+            "cutoff": report.cutoff,
+            "created_at": now.isoformat().replace("+00:00", "Z"),
+            "sessions": sessions,
+        }
 
         def archived() -> Iterator[Entry]:
             for batch_start in range(0, len(names), 500):
-                for e in store.iter_entries(conn, stop=upto, streams=names[batch_start:batch_start + 500]):
+                for e in store.iter_entries(conn, stop=upto, streams=names[batch_start : batch_start + 500]):
                     if e.payload is not None:
                         yield e
 
@@ -392,10 +443,17 @@ class Ledger:
             for sid in prune_mod.related_sessions(conn, sessions):
                 state = projections.get(sid)
                 if state is not None:
-                    snapshots.append({"session_id": sid,
-                                      "state": prune_mod.redact(state) if sid in pruned_ids else state})
-            event = Pruned(cutoff=cutoff, entries=written, payload_bytes=report.payload_bytes,
-                           sessions=snapshots, archive=str(archive), archive_sha256=digest)  # type: ignore[arg-type]
+                    snapshots.append(
+                        {"session_id": sid, "state": prune_mod.redact(state) if sid in pruned_ids else state}
+                    )
+            event = Pruned(
+                cutoff=cutoff,
+                entries=written,
+                payload_bytes=report.payload_bytes,
+                sessions=snapshots,
+                archive=str(archive),
+                archive_sha256=digest,
+            )  # type: ignore[arg-type]
             _, payload, data = encode_event(event)
             return payload, data
 
@@ -442,8 +500,9 @@ class Ledger:
             report.events = store.read_head(conn).size
             report.sessions = len(sessions)
             if check:
-                report.drift = (replay_mod.compare(sessions, replay_mod.stored(conn))
-                                + replay_mod.column_drift(sessions, conn))
+                report.drift = replay_mod.compare(
+                    sessions, replay_mod.stored(conn)
+                ) + replay_mod.column_drift(sessions, conn)
                 conn.execute("COMMIT")
             else:
                 replay_mod.write_sessions(conn, sessions, report.events)

@@ -57,13 +57,15 @@ def file_sha256(path: Path) -> str:
 def read_archive(path: Path) -> tuple[dict[str, Any], Iterator[Entry]]:
     """The archive's header and a lazy iterator over its entries."""
     try:
-        fh = gzip.open(path, "rb")
+        fh = gzip.open(path, "rb")  # noqa: SIM115 - the lazy entry iterator below owns and closes it
         header = json.loads(fh.readline())
     except (OSError, ValueError) as exc:
         raise ArchiveError(f"{path} is not a readable prune archive: {exc}") from exc
     if header.get("kind") != ARCHIVE_KIND:
         fh.close()
-        raise ArchiveError(f"{path} is not a prune archive (kind {header.get('kind')!r}, expected {ARCHIVE_KIND!r})")
+        raise ArchiveError(
+            f"{path} is not a prune archive (kind {header.get('kind')!r}, expected {ARCHIVE_KIND!r})"
+        )
 
     def entries() -> Iterator[Entry]:
         with fh:
@@ -87,35 +89,72 @@ class ArchiveReport:
         return not self.problems
 
     def to_json(self) -> dict[str, Any]:
-        return {"archive": self.archive, "ok": self.ok, "checked": self.checked, "problems": self.problems[:100]}
+        return {
+            "archive": self.archive,
+            "ok": self.ok,
+            "checked": self.checked,
+            "problems": self.problems[:100],
+        }
 
 
-def verify_archive(path: Path, retained: Callable[[int], Entry | None], origin: str | None = None) -> ArchiveReport:
+def verify_archive(
+    path: Path, retained: Callable[[int], Entry | None], origin: str | None = None
+) -> ArchiveReport:
     """Check each archived payload against the hash the ledger retained for its seq."""
     report = ArchiveReport(str(path))
     header, entries = read_archive(path)
     if origin is not None and header.get("origin") != origin:
-        report.problems.append({"seq": None, "problem": "wrong_ledger",
-                                "message": f"archive belongs to {header.get('origin')!r}, not {origin!r}"})
+        report.problems.append(
+            {
+                "seq": None,
+                "problem": "wrong_ledger",
+                "message": f"archive belongs to {header.get('origin')!r}, not {origin!r}",
+            }
+        )
         return report
     for archived in entries:
         report.checked += 1
         kept = retained(archived.seq)
         if kept is None:
-            report.problems.append({"seq": archived.seq, "problem": "unknown_entry",
-                                    "message": f"entry {archived.seq} is not in the ledger"})
+            report.problems.append(
+                {
+                    "seq": archived.seq,
+                    "problem": "unknown_entry",
+                    "message": f"entry {archived.seq} is not in the ledger",
+                }
+            )
             continue
         if archived.payload is None or archived.salt is None:
-            report.problems.append({"seq": archived.seq, "problem": "missing_payload",
-                                    "message": f"entry {archived.seq} has no payload in the archive"})
+            report.problems.append(
+                {
+                    "seq": archived.seq,
+                    "problem": "missing_payload",
+                    "message": f"entry {archived.seq} has no payload in the archive",
+                }
+            )
             continue
         got = chain.payload_hash(archived.salt, archived.payload)
         if got != kept.payload_hash:
-            report.problems.append({"seq": archived.seq, "problem": "payload_altered",
-                                    "message": f"archived payload of entry {archived.seq} does not match the hash "
-                                               "the ledger kept",
-                                    "expected": kept.payload_hash.hex(), "actual": got.hex()})
-        elif (archived.stream, archived.type, archived.recorded_at_us) != (kept.stream, kept.type, kept.recorded_at_us):
-            report.problems.append({"seq": archived.seq, "problem": "header_mismatch",
-                                    "message": f"archived header of entry {archived.seq} differs from the ledger's"})
+            report.problems.append(
+                {
+                    "seq": archived.seq,
+                    "problem": "payload_altered",
+                    "message": f"archived payload of entry {archived.seq} does not match the hash "
+                    "the ledger kept",
+                    "expected": kept.payload_hash.hex(),
+                    "actual": got.hex(),
+                }
+            )
+        elif (archived.stream, archived.type, archived.recorded_at_us) != (
+            kept.stream,
+            kept.type,
+            kept.recorded_at_us,
+        ):
+            report.problems.append(
+                {
+                    "seq": archived.seq,
+                    "problem": "header_mismatch",
+                    "message": f"archived header of entry {archived.seq} differs from the ledger's",
+                }
+            )
     return report

@@ -35,14 +35,18 @@ def payload_hash(salt: bytes, payload: bytes) -> bytes:
 def header_bytes(seq: int, stream: str, type_: str, recorded_at_us: int, p_hash: bytes) -> bytes:
     s = stream.encode("utf-8")
     t = type_.encode("utf-8")
-    return b"".join((_pack_seq_time(seq, recorded_at_us), len(s).to_bytes(2, "big"), s, bytes((len(t),)), t, p_hash))
+    return b"".join(
+        (_pack_seq_time(seq, recorded_at_us), len(s).to_bytes(2, "big"), s, bytes((len(t),)), t, p_hash)
+    )
 
 
 def entry_hash(prev_hash: bytes, header: bytes) -> bytes:
     return _sha256(ENTRY_DOMAIN + prev_hash + header).digest()
 
 
-def chain_hash(prev_hash: bytes, seq: int, stream: str, type_: str, recorded_at_us: int, p_hash: bytes) -> bytes:
+def chain_hash(
+    prev_hash: bytes, seq: int, stream: str, type_: str, recorded_at_us: int, p_hash: bytes
+) -> bytes:
     """The hash of one entry from its fields and its predecessor's hash."""
     return entry_hash(prev_hash, header_bytes(seq, stream, type_, recorded_at_us, p_hash))
 

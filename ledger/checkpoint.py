@@ -62,12 +62,16 @@ class Verifier:
             name, hash_hex, b64 = text.strip().split("+", 2)
             raw = base64.b64decode(b64, validate=True)
         except ValueError as exc:
-            raise SigningKeyError(f"verifier key is not '<name>+<hash>+<base64 key>' (got {text.strip()[:60]!r})") from exc
+            raise SigningKeyError(
+                f"verifier key is not '<name>+<hash>+<base64 key>' (got {text.strip()[:60]!r})"
+            ) from exc
         if raw[:1] != _ALG_ED25519 or len(raw) != 33:
             raise SigningKeyError("verifier key is not an Ed25519 key (expected 0x01 followed by 32 bytes)")
         verifier = cls(name, raw[1:])
         if verifier.key_hash.hex() != hash_hex:
-            raise SigningKeyError(f"verifier key hash mismatch (expected {verifier.key_hash.hex()}, got {hash_hex})")
+            raise SigningKeyError(
+                f"verifier key hash mismatch (expected {verifier.key_hash.hex()}, got {hash_hex})"
+            )
         return verifier
 
     def text(self) -> str:
@@ -132,7 +136,9 @@ class Signer:
         except ValueError as exc:
             raise SigningKeyError("signing key is not valid base64") from exc
         if raw[:1] != _ALG_ED25519 or len(raw) != 33:
-            raise SigningKeyError("signing key is not an Ed25519 key (expected 0x01 followed by a 32-byte seed)")
+            raise SigningKeyError(
+                "signing key is not an Ed25519 key (expected 0x01 followed by a 32-byte seed)"
+            )
         signer = cls(parts[2], Ed25519PrivateKey.from_private_bytes(raw[1:]))
         if signer.verifier.key_hash.hex() != parts[3]:
             raise SigningKeyError("signing key hash does not match its key")
@@ -156,6 +162,7 @@ def parse_checkpoint_body(body: str) -> tuple[str, int, bytes, bytes | None]:
 
 
 # -- key files -------------------------------------------------------------------------------
+
 
 def write_key_pair(signer: Signer, private_path: Path) -> Path:
     """Write the private key (mode 0600, never overwritten) and the public key beside it (.pub)."""

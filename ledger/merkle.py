@@ -29,7 +29,9 @@ class CompactRange:
         self.peaks: dict[int, bytes] = dict(peaks or {})
         expected = {lvl for lvl in range(size.bit_length()) if size >> lvl & 1}
         if set(self.peaks) != expected:
-            raise ValueError(f"compact range of size {size} needs peaks at levels {sorted(expected)}, got {sorted(self.peaks)}")
+            raise ValueError(
+                f"compact range of size {size} needs peaks at levels {sorted(expected)}, got {sorted(self.peaks)}"
+            )
 
     def append(self, entry_hash: bytes) -> None:
         node = hashlib.sha256(b"\x00" + entry_hash).digest()

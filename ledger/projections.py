@@ -78,8 +78,9 @@ class Projector:
             self._last_us, self._last_iso = recorded_at_us, _iso(recorded_at_us)
         return self._last_iso
 
-    def apply(self, store: SessionStore, stream: str, type_: str, data: dict[str, Any] | None,
-              recorded_at_us: int) -> None:
+    def apply(
+        self, store: SessionStore, stream: str, type_: str, data: dict[str, Any] | None, recorded_at_us: int
+    ) -> None:
         if data is None or type_ not in PROJECTED_TYPES:
             return  # pruned payloads are restored by the ledger.pruned snapshot that follows them
         if type_ == "ledger.pruned":
@@ -100,7 +101,9 @@ class Projector:
         state["updated_at"] = when
         if type_ == "output.received":
             tokens = data.get("tokens") or {}
-            used = int(tokens.get("input", 0)) + int(tokens.get("output", 0)) + int(tokens.get("reasoning", 0))
+            used = (
+                int(tokens.get("input", 0)) + int(tokens.get("output", 0)) + int(tokens.get("reasoning", 0))
+            )
             cost = float(data.get("cost_usd", 0.0))
             state["tokens_used"] += used
             state["cost_usd"] += cost
@@ -116,8 +119,9 @@ class Projector:
                 state["permissions_rejected"] += 1
         elif type_ == "budget.exceeded":
             # float(): the live fold sees 150.0 where replay reads the canonical bytes' 150 (JCS drops ".0")
-            state["end_reason"] = (f"budget exceeded: {data['limit']} used {float(data['used'])!r} "
-                                   f"of {float(data['allowed'])!r}")
+            state["end_reason"] = (
+                f"budget exceeded: {data['limit']} used {float(data['used'])!r} of {float(data['allowed'])!r}"
+            )
         elif type_ == "delegation.revoked":
             for sid in [data["session_id"], *data.get("subtree", [])]:
                 target = state if sid == state["session_id"] else store.get(sid)
@@ -148,9 +152,18 @@ class Projector:
         if data["verdict"]["decision"] != "approved" or store.get(stream) is not None:
             return
         state = dict(_DEFAULTS)
-        state.update(session_id=stream, task_id=data.get("task_id") or "", role=data.get("role") or "",
-                     parent_session_id=data.get("parent_session_id"), root_session_id=stream,
-                     depth=data.get("depth", 0), status="queued", created_at=when, updated_at=when, children=[])
+        state.update(
+            session_id=stream,
+            task_id=data.get("task_id") or "",
+            role=data.get("role") or "",
+            parent_session_id=data.get("parent_session_id"),
+            root_session_id=stream,
+            depth=data.get("depth", 0),
+            status="queued",
+            created_at=when,
+            updated_at=when,
+            children=[],
+        )
         if data.get("parent_session_id"):
             parent = store.get(data["parent_session_id"])
             if parent is not None:
@@ -162,9 +175,21 @@ class Projector:
         existing = store.get(data["session_id"])
         state = dict(existing) if existing is not None else dict(_DEFAULTS)
         state["children"] = list(state.get("children") or [])
-        for key in ("session_id", "task_id", "role", "parent_session_id", "root_session_id", "depth",
-                    "principal", "delegator", "opencode_session_id", "server_url", "pid",
-                    "max_tokens", "max_cost_usd"):
+        for key in (
+            "session_id",
+            "task_id",
+            "role",
+            "parent_session_id",
+            "root_session_id",
+            "depth",
+            "principal",
+            "delegator",
+            "opencode_session_id",
+            "server_url",
+            "pid",
+            "max_tokens",
+            "max_cost_usd",
+        ):
             if data.get(key) is not None:
                 state[key] = data[key]
         if state["status"] in ("queued", "starting"):

@@ -40,15 +40,19 @@ class PruneReport:
         return dict(self.__dict__)
 
 
-def choose_streams(conn: sqlite3.Connection, cutoff: datetime) -> tuple[list[tuple[int, str]], list[str], int]:
+def choose_streams(
+    conn: sqlite3.Connection, cutoff: datetime
+) -> tuple[list[tuple[int, str]], list[str], int]:
     """(stream ids+names to prune, their session ids, active sessions left alone).
 
     A session stream qualifies when its session is terminal and ended before the cutoff; a stream
     without a session (a refused request, a note) when its newest entry is before the cutoff.
     """
     cutoff_us = datetime_to_us(cutoff)
-    statuses = {sid: (status, json.loads(state).get("ended_at"))
-                for sid, status, state in conn.execute("SELECT session_id, status, state FROM sessions")}
+    statuses = {
+        sid: (status, json.loads(state).get("ended_at"))
+        for sid, status, state in conn.execute("SELECT session_id, status, state FROM sessions")
+    }
     active = sum(1 for status, _ in statuses.values() if status not in TERMINAL_STATUSES)
     chosen: list[tuple[int, str]] = []
     sessions: list[str] = []
@@ -62,8 +66,12 @@ def choose_streams(conn: sqlite3.Connection, cutoff: datetime) -> tuple[list[tup
         if name in statuses:
             status, ended_at = statuses[name]
             # compare instants, not ISO strings: "...:05.2Z" < "...:05Z" as text although it is later
-            if (status in TERMINAL_STATUSES and ended_at is not None and newest_us < cutoff_us
-                    and datetime.fromisoformat(ended_at.replace("Z", "+00:00")) < cutoff):
+            if (
+                status in TERMINAL_STATUSES
+                and ended_at is not None
+                and newest_us < cutoff_us
+                and datetime.fromisoformat(ended_at.replace("Z", "+00:00")) < cutoff
+            ):
                 chosen.append((sid, name))
                 sessions.append(name)
         elif newest_us < cutoff_us:
@@ -81,8 +89,9 @@ def related_sessions(conn: sqlite3.Connection, session_ids: list[str]) -> list[s
         walked: set[str] = set()
         while cur is not None and cur not in walked:  # up the parent chain, safe against cycles
             walked.add(cur)
-            row = conn.execute("SELECT parent_session_id, root_session_id FROM sessions WHERE session_id = ?",
-                               (cur,)).fetchone()
+            row = conn.execute(
+                "SELECT parent_session_id, root_session_id FROM sessions WHERE session_id = ?", (cur,)
+            ).fetchone()
             if row is None:
                 break
             if cur not in seen:
@@ -91,8 +100,9 @@ def related_sessions(conn: sqlite3.Connection, session_ids: list[str]) -> list[s
             roots.add(row[1])
             cur = row[0]
     for root in sorted(roots):
-        rows = conn.execute("SELECT session_id FROM sessions WHERE root_session_id = ? ORDER BY session_id",
-                            (root,))
+        rows = conn.execute(
+            "SELECT session_id FROM sessions WHERE root_session_id = ? ORDER BY session_id", (root,)
+        )
         for (sid,) in rows:
             if sid not in seen:
                 seen.add(sid)
@@ -117,10 +127,14 @@ def redact(state: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def null_payloads(stream_ids: list[int], upto: int) -> Callable[[sqlite3.Connection], None]:
     """Strip payloads and salts of the streams' entries up to seq `upto` (the ones the archive holds)."""
+
     def effect(conn: sqlite3.Connection) -> None:
-        conn.executemany("UPDATE entries SET payload = NULL, salt = NULL "
-                         "WHERE stream_id = ? AND seq <= ? AND payload IS NOT NULL",
-                         [(i, upto) for i in stream_ids])
+        conn.executemany(
+            "UPDATE entries SET payload = NULL, salt = NULL "
+            "WHERE stream_id = ? AND seq <= ? AND payload IS NOT NULL",
+            [(i, upto) for i in stream_ids],
+        )
+
     return effect
 
 

@@ -25,11 +25,20 @@ class ReplayReport:
         return not self.drift
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checked": self.checked, "events": self.events, "folded": self.folded,
-                "sessions": self.sessions, "drift": self.drift[:200], "drift_count": len(self.drift)}
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "events": self.events,
+            "folded": self.folded,
+            "sessions": self.sessions,
+            "drift": self.drift[:200],
+            "drift_count": len(self.drift),
+        }
 
 
-def rebuild(conn: sqlite3.Connection, progress: Callable[[int], None] | None = None) -> tuple[DictSessions, int]:
+def rebuild(
+    conn: sqlite3.Connection, progress: Callable[[int], None] | None = None
+) -> tuple[DictSessions, int]:
     """Fold every projected event in seq order into fresh projections; (sessions, events folded)."""
     store = DictSessions()
     apply = Projector().apply
@@ -62,17 +71,24 @@ _QUERY_COLUMNS = ("task_id", "status", "parent_session_id", "root_session_id", "
 def column_drift(rebuilt: dict[str, dict[str, Any]], conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """Indexed columns (what `sessions(...)` queries filter on) that disagree with the rebuilt state."""
     drift: list[dict[str, Any]] = []
-    sql = f"SELECT session_id, {', '.join(_QUERY_COLUMNS)} FROM sessions ORDER BY session_id"  # noqa: S608
+    sql = f"SELECT session_id, {', '.join(_QUERY_COLUMNS)} FROM sessions ORDER BY session_id"
     for sid, *columns in conn.execute(sql):
         want = rebuilt.get(sid)
         if want is None:
             continue  # already reported as stored_only
         for key, value in zip(_QUERY_COLUMNS, columns, strict=True):
             if want.get(key) != value:
-                drift.append({"session_id": sid, "field": key, "problem": "column_differs",
-                              "expected": want.get(key), "actual": value,
-                              "message": f"session {sid}: the {key} column is {value!r} but "
-                                         f"{want.get(key)!r} when rebuilt from the events"})
+                drift.append(
+                    {
+                        "session_id": sid,
+                        "field": key,
+                        "problem": "column_differs",
+                        "expected": want.get(key),
+                        "actual": value,
+                        "message": f"session {sid}: the {key} column is {value!r} but "
+                        f"{want.get(key)!r} when rebuilt from the events",
+                    }
+                )
     return drift
 
 
@@ -82,18 +98,37 @@ def compare(rebuilt: dict[str, dict[str, Any]], current: dict[str, dict[str, Any
     for sid in sorted(set(rebuilt) | set(current)):
         a, b = rebuilt.get(sid), current.get(sid)
         if a is None:
-            drift.append({"session_id": sid, "field": None, "problem": "stored_only",
-                          "message": f"session {sid} is in the stored projection but no event creates it"})
+            drift.append(
+                {
+                    "session_id": sid,
+                    "field": None,
+                    "problem": "stored_only",
+                    "message": f"session {sid} is in the stored projection but no event creates it",
+                }
+            )
         elif b is None:
-            drift.append({"session_id": sid, "field": None, "problem": "missing",
-                          "message": f"session {sid} follows from the events but is missing from the projection"})
+            drift.append(
+                {
+                    "session_id": sid,
+                    "field": None,
+                    "problem": "missing",
+                    "message": f"session {sid} follows from the events but is missing from the projection",
+                }
+            )
         else:
             for key in sorted(set(a) | set(b)):
                 if a.get(key) != b.get(key):
-                    drift.append({"session_id": sid, "field": key, "problem": "differs",
-                                  "expected": a.get(key), "actual": b.get(key),
-                                  "message": f"session {sid}: {key} is {b.get(key)!r} in the projection but "
-                                             f"{a.get(key)!r} when rebuilt from the events"})
+                    drift.append(
+                        {
+                            "session_id": sid,
+                            "field": key,
+                            "problem": "differs",
+                            "expected": a.get(key),
+                            "actual": b.get(key),
+                            "message": f"session {sid}: {key} is {b.get(key)!r} in the projection but "
+                            f"{a.get(key)!r} when rebuilt from the events",
+                        }
+                    )
     return drift
 
 
@@ -101,7 +136,17 @@ def write_sessions(conn: sqlite3.Connection, sessions: dict[str, dict[str, Any]]
     conn.execute("DELETE FROM sessions")
     conn.executemany(
         "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?)",
-        [(sid, st["task_id"], st["status"], st.get("parent_session_id"), st["root_session_id"], st.get("ended_at"),
-          getattr(sessions, "updated", {}).get(sid, last_seq), json.dumps(st, sort_keys=True, separators=(",", ":")))
-         for sid, st in sessions.items()],
+        [
+            (
+                sid,
+                st["task_id"],
+                st["status"],
+                st.get("parent_session_id"),
+                st["root_session_id"],
+                st.get("ended_at"),
+                getattr(sessions, "updated", {}).get(sid, last_seq),
+                json.dumps(st, sort_keys=True, separators=(",", ":")),
+            )
+            for sid, st in sessions.items()
+        ],
     )

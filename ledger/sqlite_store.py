@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -44,15 +45,17 @@ def init_schema(conn: sqlite3.Connection, ledger_id: str, origin: str, created_a
         for statement in DDL.split(";"):
             if statement.strip():
                 conn.execute(statement)
-        for key, value in (("format_version", FORMAT_VERSION), ("ledger_id", ledger_id),
-                           ("origin", origin), ("created_at", created_at)):
+        for key, value in (
+            ("format_version", FORMAT_VERSION),
+            ("ledger_id", ledger_id),
+            ("origin", origin),
+            ("created_at", created_at),
+        ):
             conn.execute("INSERT OR IGNORE INTO meta VALUES (?, ?)", (key, value))
         conn.execute("COMMIT")
     except sqlite3.Error as exc:
-        try:
+        with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
         raise translate(exc, "could not create the ledger schema") from exc
 
 
@@ -124,7 +127,9 @@ def iter_entries(
         return
     for seq, stream_name, type_, at, payload, salt, phash, h in cursor:
         prev_row = conn.execute("SELECT hash FROM entries WHERE seq = ?", (seq - 1,)).fetchone()
-        yield Entry(seq, stream_name, type_, at, payload, salt, phash, prev_row[0] if prev_row else bytes(32), h)
+        yield Entry(
+            seq, stream_name, type_, at, payload, salt, phash, prev_row[0] if prev_row else bytes(32), h
+        )
 
 
 def iter_rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
@@ -142,8 +147,9 @@ def read_checkpoints(conn: sqlite3.Connection) -> list[tuple[int, str, str, int]
     return conn.execute("SELECT size, note, trigger, created_at FROM checkpoints ORDER BY id").fetchall()
 
 
-def store_checkpoint(conn: sqlite3.Connection, size: int, root: bytes, head: bytes, note: str,
-                     trigger: str, created_at_us: int) -> None:
+def store_checkpoint(
+    conn: sqlite3.Connection, size: int, root: bytes, head: bytes, note: str, trigger: str, created_at_us: int
+) -> None:
     conn.execute(
         "INSERT INTO checkpoints (size, root, head, note, trigger, created_at) VALUES (?,?,?,?,?,?)",
         (size, root, head, note, trigger, created_at_us),
@@ -155,8 +161,13 @@ def read_session(conn: sqlite3.Connection, session_id: str) -> dict[str, Any] | 
     return None if row is None else json.loads(row[0])
 
 
-def read_sessions(conn: sqlite3.Connection, *, statuses: Sequence[str] | None = None,
-                  task_id: str | None = None, root_session_id: str | None = None) -> list[dict[str, Any]]:
+def read_sessions(
+    conn: sqlite3.Connection,
+    *,
+    statuses: Sequence[str] | None = None,
+    task_id: str | None = None,
+    root_session_id: str | None = None,
+) -> list[dict[str, Any]]:
     where, args = [], []
     if statuses:
         where.append(f"status IN ({','.join('?' * len(statuses))})")
@@ -167,7 +178,11 @@ def read_sessions(conn: sqlite3.Connection, *, statuses: Sequence[str] | None = 
     if root_session_id is not None:
         where.append("root_session_id = ?")
         args.append(root_session_id)
-    sql = "SELECT state FROM sessions" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY updated_seq"
+    sql = (
+        "SELECT state FROM sessions"
+        + (f" WHERE {' AND '.join(where)}" if where else "")
+        + " ORDER BY updated_seq"
+    )
     return [json.loads(r[0]) for r in conn.execute(sql, args)]
 
 

@@ -83,7 +83,9 @@ class StoredCheckpoint:
 
 
 def _recompute(prev: bytes, e: Entry, seq: int | None = None) -> bytes:
-    return chain.chain_hash(prev, e.seq if seq is None else seq, e.stream, e.type, e.recorded_at_us, e.payload_hash)
+    return chain.chain_hash(
+        prev, e.seq if seq is None else seq, e.stream, e.type, e.recorded_at_us, e.payload_hash
+    )
 
 
 def _classify(prev: bytes, cur: Entry, nxt: Entry | None) -> ChainBroken:
@@ -91,24 +93,38 @@ def _classify(prev: bytes, cur: Entry, nxt: Entry | None) -> ChainBroken:
     k = cur.seq
     if nxt is not None:
         if _recompute(cur.hash, nxt) == nxt.hash and nxt.seq == k + 1:
-            return ChainBroken(k, "header_altered",
-                               f"entry {k}: a header field (stream, type, time or payload hash) was changed; "
-                               "its successor still commits to the original hash",
-                               expected=cur.hash.hex(), actual=_recompute(prev, cur).hex())
+            return ChainBroken(
+                k,
+                "header_altered",
+                f"entry {k}: a header field (stream, type, time or payload hash) was changed; "
+                "its successor still commits to the original hash",
+                expected=cur.hash.hex(),
+                actual=_recompute(prev, cur).hex(),
+            )
         if _recompute(prev, nxt, k) == nxt.hash and _recompute(nxt.hash, cur, k + 1) == cur.hash:
-            return ChainBroken(k, "reordered_entries",
-                               f"entries {k} and {k + 1} are stored in each other's place")
+            return ChainBroken(
+                k, "reordered_entries", f"entries {k} and {k + 1} are stored in each other's place"
+            )
         if _recompute(prev, nxt, k) == nxt.hash:
-            return ChainBroken(k, "inserted_entry",
-                               f"entry {k} was inserted: the entry after it links to entry {k - 1}")
+            return ChainBroken(
+                k, "inserted_entry", f"entry {k} was inserted: the entry after it links to entry {k - 1}"
+            )
         if _recompute(_recompute(prev, cur), nxt) == nxt.hash:
-            return ChainBroken(k, "broken_link",
-                               f"entry {k}: its stored hash was changed, so the link from entry {k + 1} breaks",
-                               expected=_recompute(prev, cur).hex(), actual=cur.hash.hex())
-    return ChainBroken(k, "broken_link",
-                       f"entry {k} does not link to entry {k - 1}: its hash does not follow from its "
-                       "predecessor and its header",
-                       expected=_recompute(prev, cur).hex(), actual=cur.hash.hex())
+            return ChainBroken(
+                k,
+                "broken_link",
+                f"entry {k}: its stored hash was changed, so the link from entry {k + 1} breaks",
+                expected=_recompute(prev, cur).hex(),
+                actual=cur.hash.hex(),
+            )
+    return ChainBroken(
+        k,
+        "broken_link",
+        f"entry {k} does not link to entry {k - 1}: its hash does not follow from its "
+        "predecessor and its header",
+        expected=_recompute(prev, cur).hex(),
+        actual=cur.hash.hex(),
+    )
 
 
 Row = tuple[int, str, str, int, "bytes | None", "bytes | None", bytes, bytes]
@@ -131,9 +147,19 @@ def verify_entries(
     progress: Callable[[int], None] | None = None,
 ) -> VerifyReport:
     """Check every link, payload hash and checkpoint of any iterable of entries; stop at the first problem."""
-    rows = ((e.seq, e.stream, e.type, e.recorded_at_us, e.payload, e.salt, e.payload_hash, e.hash) for e in entries)
-    return verify_rows(rows, checkpoints=checkpoints, verifier=verifier, origin=origin, start_prev=start_prev,
-                       start_seq=start_seq, progress=progress)
+    rows = (
+        (e.seq, e.stream, e.type, e.recorded_at_us, e.payload, e.salt, e.payload_hash, e.hash)
+        for e in entries
+    )
+    return verify_rows(
+        rows,
+        checkpoints=checkpoints,
+        verifier=verifier,
+        origin=origin,
+        start_prev=start_prev,
+        start_seq=start_seq,
+        progress=progress,
+    )
 
 
 def verify_rows(
@@ -173,21 +199,32 @@ def verify_rows(
         seq, stream, type_, at, payload, salt, phash, h = row
         if seq != expected_seq:
             if seq > expected_seq:
-                report.broken = ChainBroken(expected_seq, "missing_entry",
-                                            f"entry {expected_seq} is missing (the next stored entry is {seq})",
-                                            expected=str(expected_seq), actual=str(seq))
+                report.broken = ChainBroken(
+                    expected_seq,
+                    "missing_entry",
+                    f"entry {expected_seq} is missing (the next stored entry is {seq})",
+                    expected=str(expected_seq),
+                    actual=str(seq),
+                )
             else:
-                report.broken = ChainBroken(seq, "reordered_entries",
-                                            f"entry {seq} appears after entry {expected_seq - 1}",
-                                            expected=str(expected_seq), actual=str(seq))
+                report.broken = ChainBroken(
+                    seq,
+                    "reordered_entries",
+                    f"entry {seq} appears after entry {expected_seq - 1}",
+                    expected=str(expected_seq),
+                    actual=str(seq),
+                )
             break
         try:
             if payload is not None:
                 if salt is None or sha256(pd + salt + payload).digest() != phash:
-                    report.broken = ChainBroken(seq, "payload_altered",
-                                                f"entry {seq}: the payload does not match its recorded hash",
-                                                expected=phash.hex(),
-                                                actual=sha256(pd + (salt or b"") + payload).digest().hex())
+                    report.broken = ChainBroken(
+                        seq,
+                        "payload_altered",
+                        f"entry {seq}: the payload does not match its recorded hash",
+                        expected=phash.hex(),
+                        actual=sha256(pd + (salt or b"") + payload).digest().hex(),
+                    )
                     break
             else:
                 pruned += 1
@@ -201,12 +238,17 @@ def verify_rows(
                 report.broken = _classify(prev, _entry(row, prev), _next_entry(it, h))
                 break
             if at < last_us:
-                report.broken = ChainBroken(seq, "reordered_entries",
-                                            f"entry {seq} was recorded before entry {seq - 1}: time goes backwards")
+                report.broken = ChainBroken(
+                    seq,
+                    "reordered_entries",
+                    f"entry {seq} was recorded before entry {seq - 1}: time goes backwards",
+                )
                 break
         except (TypeError, AttributeError, ValueError, OverflowError) as exc:
             kind: Problem = "payload_altered" if not isinstance(payload, bytes | None) else "header_altered"
-            report.broken = ChainBroken(seq, kind, f"entry {seq}: a stored column has the wrong type or form ({exc})")
+            report.broken = ChainBroken(
+                seq, kind, f"entry {seq}: a stored column has the wrong type or form ({exc})"
+            )
             break
         last_us = at
         prev = h
@@ -227,10 +269,13 @@ def verify_rows(
                     report.checkpoints_checked += 1
                     if (head is not None and head != h) or want_root != root:
                         report.broken = ChainBroken(
-                            seq, "checkpoint_mismatch",
+                            seq,
+                            "checkpoint_mismatch",
                             f"the ledger up to entry {seq} differs from the signed checkpoint of size {cp.size}: "
                             "the chain was rewritten",
-                            expected=(head or want_root).hex(), actual=(h if head is not None else root).hex())
+                            expected=(head or want_root).hex(),
+                            actual=(h if head is not None else root).hex(),
+                        )
                         break
                 if report.broken is not None:
                     break
@@ -240,15 +285,21 @@ def verify_rows(
     report.pruned = pruned
     report.head = prev.hex() if count else None
     if report.broken is None and wanted:
-        report.broken = ChainBroken(count + 1, "truncated_tail",
-                                    f"a signed checkpoint covers {max(wanted)} entries but the ledger ends at "
-                                    f"entry {count}: its tail was cut off",
-                                    expected=str(max(wanted)), actual=str(count))
+        report.broken = ChainBroken(
+            count + 1,
+            "truncated_tail",
+            f"a signed checkpoint covers {max(wanted)} entries but the ledger ends at "
+            f"entry {count}: its tail was cut off",
+            expected=str(max(wanted)),
+            actual=str(count),
+        )
     if report.broken is None and checkpoints and verifier is None:
         report.warnings.append("checkpoint signatures were not checked: no public key was given")
     if report.broken is None and not checkpoints:
-        report.warnings.append("no signed checkpoint: a truncated tail or a re-hashed chain cannot be detected "
-                               "(run `ledger checkpoint`)")
+        report.warnings.append(
+            "no signed checkpoint: a truncated tail or a re-hashed chain cannot be detected "
+            "(run `ledger checkpoint`)"
+        )
     if progress is not None:
         progress(count)
     return report
@@ -259,23 +310,31 @@ def _next_entry(it: Iterator[Row], prev: bytes) -> Entry | None:
     return None if row is None else _entry(row, prev)
 
 
-def _parse_checkpoint(cp: StoredCheckpoint, verifier: Verifier | None, origin: str | None,
-                      report: VerifyReport) -> tuple[bytes | None, bytes, StoredCheckpoint] | None:
+def _parse_checkpoint(
+    cp: StoredCheckpoint, verifier: Verifier | None, origin: str | None, report: VerifyReport
+) -> tuple[bytes | None, bytes, StoredCheckpoint] | None:
     body = cp.note.partition("\n\n")[0] + "\n"
     if verifier is not None:
         ok, why = verifier.check(cp.note)
         if not ok:
-            report.broken = ChainBroken(cp.size, "bad_checkpoint_signature", f"checkpoint of size {cp.size}: {why}")
+            report.broken = ChainBroken(
+                cp.size, "bad_checkpoint_signature", f"checkpoint of size {cp.size}: {why}"
+            )
             return None
     try:
         cp_origin, size, root, head = parse_checkpoint_body(body)
     except ValueError as exc:
-        report.broken = ChainBroken(cp.size, "bad_checkpoint_signature", f"checkpoint of size {cp.size} is malformed: {exc}")
+        report.broken = ChainBroken(
+            cp.size, "bad_checkpoint_signature", f"checkpoint of size {cp.size} is malformed: {exc}"
+        )
         return None
     if size != cp.size or (origin is not None and cp_origin != origin):
-        report.broken = ChainBroken(cp.size, "bad_checkpoint_signature",
-                                    f"checkpoint text names origin {cp_origin!r} size {size}, but was stored for "
-                                    f"origin {origin!r} size {cp.size}")
+        report.broken = ChainBroken(
+            cp.size,
+            "bad_checkpoint_signature",
+            f"checkpoint text names origin {cp_origin!r} size {size}, but was stored for "
+            f"origin {origin!r} size {cp.size}",
+        )
         return None
     if size == 0:
         return None

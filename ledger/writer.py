@@ -10,6 +10,7 @@ exist. Waiters are released after the commit: an acknowledged append is durable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import queue
@@ -39,8 +40,20 @@ _STOP = object()
 class Pending:
     """One queued append and the means to tell its caller how it went."""
 
-    __slots__ = ("build", "data", "effect", "entry", "error", "future", "lock", "loop", "members", "payload",
-                 "stream", "type")
+    __slots__ = (
+        "build",
+        "data",
+        "effect",
+        "entry",
+        "error",
+        "future",
+        "lock",
+        "loop",
+        "members",
+        "payload",
+        "stream",
+        "type",
+    )
 
     def __init__(self, stream: str, type_: str, payload: bytes, data: dict[str, Any] | None) -> None:
         self.stream = stream
@@ -63,8 +76,10 @@ class Pending:
 def translate(exc: sqlite3.Error, doing: str) -> LedgerError:
     text = str(exc)
     if isinstance(exc, sqlite3.OperationalError) and ("full" in text or "disk I/O" in text):
-        return StorageFull(f"{doing}: the disk is full or failing ({text}); the transaction was rolled back and "
-                           "nothing was written")
+        return StorageFull(
+            f"{doing}: the disk is full or failing ({text}); the transaction was rolled back and "
+            "nothing was written"
+        )
     return StorageError(f"{doing}: {text}")
 
 
@@ -79,7 +94,9 @@ class _CachedSessions:
 
     def get(self, session_id: str) -> dict[str, Any] | None:
         if session_id not in self.cache:
-            row = self.conn.execute("SELECT state FROM sessions WHERE session_id = ?", (session_id,)).fetchone()
+            row = self.conn.execute(
+                "SELECT state FROM sessions WHERE session_id = ?", (session_id,)
+            ).fetchone()
             self.cache[session_id] = None if row is None else json.loads(row[0])
         return self.cache[session_id]
 
@@ -96,8 +113,18 @@ class _CachedSessions:
         for sid, seq in self.dirty.items():
             st = self.cache[sid]
             assert st is not None
-            rows.append((sid, st["task_id"], st["status"], st.get("parent_session_id"), st["root_session_id"],
-                         st.get("ended_at"), seq, json.dumps(st, sort_keys=True, separators=(",", ":"))))
+            rows.append(
+                (
+                    sid,
+                    st["task_id"],
+                    st["status"],
+                    st.get("parent_session_id"),
+                    st["root_session_id"],
+                    st.get("ended_at"),
+                    seq,
+                    json.dumps(st, sort_keys=True, separators=(",", ":")),
+                )
+            )
         if rows:
             self.conn.executemany(UPSERT_SESSION, rows)
 
@@ -105,8 +132,11 @@ class _CachedSessions:
 class Writer:
     """Owns the write connection; `submit` enqueues, the thread commits in batches."""
 
-    def __init__(self, connect: Callable[[], sqlite3.Connection],
-                 on_commit: Callable[[sqlite3.Connection, Head], None] | None = None) -> None:
+    def __init__(
+        self,
+        connect: Callable[[], sqlite3.Connection],
+        on_commit: Callable[[sqlite3.Connection, Head], None] | None = None,
+    ) -> None:
         self._connect = connect
         self._on_commit = on_commit
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -180,10 +210,8 @@ class Writer:
             return
         self._release(batch)
         if self._on_commit is not None:
-            try:
+            with contextlib.suppress(Exception):  # a failed periodic checkpoint must not fail appends
                 self._on_commit(self.conn, head)
-            except Exception:  # noqa: S110 - a failed periodic checkpoint must not fail appends
-                pass
 
     def _stream_id(self, name: str) -> int:
         sid = self._stream_ids.get(name)
@@ -205,7 +233,9 @@ class Writer:
             if version != self._data_version or len(self._session_cache) > 50_000:
                 self._session_cache.clear()  # another connection committed: our copies may be stale
                 self._data_version = version
-            row = conn.execute("SELECT seq, hash, recorded_at FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+            row = conn.execute(
+                "SELECT seq, hash, recorded_at FROM entries ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
             seq, prev, last_us = (0, chain.GENESIS_HASH, 0) if row is None else row
             edge = CompactRange(seq, dict(conn.execute("SELECT level, hash FROM merkle_edge").fetchall()))
             now = max(time.time_ns() // 1000, last_us)
@@ -243,14 +273,14 @@ class Writer:
             raise translate(exc, f"append of {len(batch)} event(s) failed") from exc
         except BaseException as exc:
             self._rollback()
-            raise StorageError(f"append of {len(batch)} event(s) failed: {type(exc).__name__}: {exc}") from exc
+            raise StorageError(
+                f"append of {len(batch)} event(s) failed: {type(exc).__name__}: {exc}"
+            ) from exc
         return Head(seq, prev, now)
 
     def _rollback(self) -> None:
-        try:
+        with contextlib.suppress(sqlite3.Error):
             self.conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
         self._stream_ids.clear()  # ids inserted in the rolled-back transaction are gone
         self._session_cache.clear()
 
@@ -263,10 +293,8 @@ class Writer:
             elif p.lock is not None:
                 p.lock.release()
         for loop, items in by_loop.items():
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
                 loop.call_soon_threadsafe(_resolve_futures, items)
-            except RuntimeError:  # the loop is closed: nobody waits any more
-                pass
 
 
 def _resolve_futures(items: list[Pending]) -> None:

@@ -12,7 +12,6 @@ from schemas.responsibility import (
     DelegationContext,
     OriginalTask,
     Scope,
-
 )
 
 __all__ = [

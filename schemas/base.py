@@ -10,9 +10,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, St
 from pydantic_core import PydanticCustomError
 
 #: RFC 3339 date-time with a mandatory offset ("Z" or +hh:mm); fractional seconds optional.
-_RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})$"
-)
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})$")
 
 #: pydantic error type used for SCH-02 (timestamp) failures, so the gate can tell them from SCH-01.
 RFC3339_ERROR = "rfc3339"
@@ -22,7 +20,9 @@ def parse_rfc3339(value: Any) -> datetime:
     """Parse an RFC 3339 timestamp that carries a timezone; anything else is refused."""
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
-            raise PydanticCustomError(RFC3339_ERROR, "datetime has no timezone (got {got!r})", {"got": str(value)})
+            raise PydanticCustomError(
+                RFC3339_ERROR, "datetime has no timezone (got {got!r})", {"got": str(value)}
+            )
         return value
     if not isinstance(value, str) or not _RFC3339.match(value):
         raise PydanticCustomError(
@@ -51,7 +51,9 @@ def format_rfc3339(value: datetime) -> str:
     return text.replace("+00:00", "Z")
 
 
-Timestamp = Annotated[datetime, BeforeValidator(parse_rfc3339), PlainSerializer(format_rfc3339, return_type=str)]
+Timestamp = Annotated[
+    datetime, BeforeValidator(parse_rfc3339), PlainSerializer(format_rfc3339, return_type=str)
+]
 NonEmptyStr = Annotated[str, StringConstraints(min_length=1, strip_whitespace=False)]
 
 
@@ -60,7 +62,9 @@ class Frozen(BaseModel):
 
     # NaN/Infinity are kept as floats when dumped, so the ledger refuses them instead of silently
     # writing null (pydantic's default)
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False, ser_json_inf_nan="constants")
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", str_strip_whitespace=False, ser_json_inf_nan="constants"
+    )
 
 
 class Open(BaseModel):

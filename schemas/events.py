@@ -14,7 +14,9 @@ from schemas.base import Frozen, NonEmptyStr, Timestamp
 
 Decision = Literal["approved", "rejected"]
 Severity = Literal["error", "warning"]
-SessionStatus = Literal["queued", "starting", "running", "completed", "stopped", "failed", "interrupted", "revoked"]
+SessionStatus = Literal[
+    "queued", "starting", "running", "completed", "stopped", "failed", "interrupted", "revoked"
+]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "stopped", "failed", "interrupted", "revoked"})
 
 
@@ -74,8 +76,11 @@ class GateDecided(_Event):
     depth: int = Field(0, ge=0)
     request_hash: str | None = Field(None, description="SHA-256 of the canonical request")
     evaluated_at: Timestamp | None = Field(None, description="the time handed to the gate")
-    facts: dict[str, Any] = Field(default_factory=dict, description="what the engine resolved outside the "
-                                  "ledger for this decision (directory, role catalogue), so it can be re-run")
+    facts: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what the engine resolved outside the "
+        "ledger for this decision (directory, role catalogue), so it can be re-run",
+    )
 
 
 class AgentSpawned(_Event):

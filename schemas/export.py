@@ -62,7 +62,9 @@ if __name__ == "__main__":
     if "--check" in sys.argv:
         bad = stale()
         if bad:
-            print("stale JSON Schema files (run `python -m schemas.export`):", ", ".join(bad), file=sys.stderr)
+            print(
+                "stale JSON Schema files (run `python -m schemas.export`):", ", ".join(bad), file=sys.stderr
+            )
             sys.exit(1)
         print("JSON Schema files are up to date")
     else:

@@ -29,8 +29,10 @@ def _check_scope(value: str) -> str:
         )
     resource = value.split("#", 1)[0]
     segments = resource.split("/")
-    if any(seg == "" for seg in segments) or "**" in segments[:-1] or any(
-        "**" in seg and seg != "**" for seg in segments
+    if (
+        any(seg == "" for seg in segments)
+        or "**" in segments[:-1]
+        or any("**" in seg and seg != "**" for seg in segments)
     ):
         raise PydanticCustomError(
             SCOPE_ERROR,

@@ -19,10 +19,23 @@ from schemas.events import AgentCompleted, AgentSpawned, GateDecided, OutputRece
 def _finished_session(led: Ledger, sid: str) -> None:
     v = Verdict(decision="approved", profile="default", ruleset_hash="sha256:x")
     led.append(sid, GateDecided(verdict=v, task_id="T-1", role="tester"))
-    led.append(sid, AgentSpawned(session_id=sid, task_id="T-1", role="tester", root_session_id=sid,
-                                 principal="tester", delegator="pm"))
-    led.append(sid, OutputReceived(session_id=sid, text="all green " * 30, tokens=Tokens(input=40, output=10),
-                                   cost_usd=0.002))
+    led.append(
+        sid,
+        AgentSpawned(
+            session_id=sid,
+            task_id="T-1",
+            role="tester",
+            root_session_id=sid,
+            principal="tester",
+            delegator="pm",
+        ),
+    )
+    led.append(
+        sid,
+        OutputReceived(
+            session_id=sid, text="all green " * 30, tokens=Tokens(input=40, output=10), cost_usd=0.002
+        ),
+    )
     led.append(sid, AgentCompleted(session_id=sid, summary="done"))
 
 
@@ -31,7 +44,9 @@ class TestInitAndVerify:
         """`ledger init` creates the database and an Ed25519 key with mode 0600 outside it."""
         info = run.json("init")
         key = Path(info["key"])
-        assert Path(info["db"]).exists() and key.exists() and key.parent == keys_dir
+        assert Path(info["db"]).exists()
+        assert key.exists()
+        assert key.parent == keys_dir
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
         assert key.read_text().startswith("PRIVATE+KEY+")
 
@@ -43,12 +58,15 @@ class TestInitAndVerify:
         run("checkpoint")
         assert run.json("verify")["ok"] is True
         conn = sqlite3.connect(run.db)
-        conn.execute("UPDATE entries SET payload = CAST(REPLACE(CAST(payload AS TEXT), 'note 2', 'note X') AS BLOB)"
-                     " WHERE seq = 3")
+        conn.execute(
+            "UPDATE entries SET payload = CAST(REPLACE(CAST(payload AS TEXT), 'note 2', 'note X') AS BLOB)"
+            " WHERE seq = 3"
+        )
         conn.commit()
         conn.close()
         report = run.json("verify", code=1)
-        assert report["first_bad_seq"] == 3 and report["problem"] == "payload_altered"
+        assert report["first_bad_seq"] == 3
+        assert report["problem"] == "payload_altered"
         human = run("verify", code=1).stdout
         assert "TAMPERED at seq 3" in human
 
@@ -62,8 +80,11 @@ class TestInitAndVerify:
         run("init")
         run("note", "--stream", "s", "--text", "t", "--by", "ops")
         lines = run("checkpoint").stdout.splitlines()
-        assert lines[0].startswith("delegation-ledger/") and lines[1] == "1"
-        assert lines[3].startswith("head ") and lines[4] == "" and lines[5].startswith("\u2014 ")
+        assert lines[0].startswith("delegation-ledger/")
+        assert lines[1] == "1"
+        assert lines[3].startswith("head ")
+        assert lines[4] == ""
+        assert lines[5].startswith("\u2014 ")
 
 
 class TestQueries:
@@ -76,7 +97,8 @@ class TestQueries:
         evs = run.json("events", "--type", "output.received")
         assert [e["stream"] for e in evs] == ["sess-a", "sess-b"]
         evs = run.json("events", "--stream", "sess-b")
-        assert {e["stream"] for e in evs} == {"sess-b"} and len(evs) == 4
+        assert {e["stream"] for e in evs} == {"sess-b"}
+        assert len(evs) == 4
         assert run.json("events", "--task", "T-1", "--limit", "2")[-1]["type"] == "agent.completed"
 
     def test_unknown_event_type_is_bad_input(self, run: Any) -> None:
@@ -90,10 +112,12 @@ class TestQueries:
         with Ledger.open(run.db) as led:
             _finished_session(led, "sess-a")
         sessions = run.json("sessions")
-        assert sessions[0]["status"] == "completed" and sessions[0]["tokens_used"] == 50
+        assert sessions[0]["status"] == "completed"
+        assert sessions[0]["tokens_used"] == 50
         assert run.json("sessions", "--active") == []
         shown = run.json("show", "sess-a")
-        assert shown["session"]["session_id"] == "sess-a" and len(shown["events"]) == 4
+        assert shown["session"]["session_id"] == "sess-a"
+        assert len(shown["events"]) == 4
         run("show", "nope", code=2)
 
     def test_export_is_reverifiable_anywhere(self, run: Any, tmp_path: Path) -> None:
@@ -104,15 +128,21 @@ class TestQueries:
         out = tmp_path / "export.jsonl"
         run("export", "--out", str(out))
         entries = [Entry.from_json(json.loads(line)) for line in out.read_text().splitlines()]
-        assert len(entries) == 4 and verify_entries(entries).ok
+        assert len(entries) == 4
+        assert verify_entries(entries).ok
 
     def test_note_records_who_and_what(self, run: Any) -> None:
         """`ledger note` appends an operator.note with its author."""
         run("init")
-        entry = run.json("note", "--stream", "s9", "--text", "checked the refusal", "--by", "alice",
-                         "--kind", "oversight")
-        assert entry["payload"] == {"type": "operator.note", "text": "checked the refusal", "by": "alice",
-                                    "kind": "oversight"}
+        entry = run.json(
+            "note", "--stream", "s9", "--text", "checked the refusal", "--by", "alice", "--kind", "oversight"
+        )
+        assert entry["payload"] == {
+            "type": "operator.note",
+            "text": "checked the refusal",
+            "by": "alice",
+            "kind": "oversight",
+        }
 
 
 class TestPruneAndReplay:
@@ -124,14 +154,18 @@ class TestPruneAndReplay:
                 _finished_session(led, f"s{i}")
         assert run.json("prune", "--before", "2000-01-01")["entries"] == 0
         dry = run.json("prune", "--older-than", "0s", "--dry-run")
-        assert dry["entries"] == 80 and dry["dry_run"] is True
+        assert dry["entries"] == 80
+        assert dry["dry_run"] is True
         archive = tmp_path / "a.jsonl.gz"
         report = run.json("prune", "--older-than", "0s", "--archive", str(archive))
-        assert report["entries"] == 80 and report["db_bytes_after"] < report["db_bytes_before"]
+        assert report["entries"] == 80
+        assert report["db_bytes_after"] < report["db_bytes_before"]
         with gzip.open(archive, "rt") as fh:
             assert sum(1 for _ in fh) == 81  # header + entries
         ok = run.json("verify", "--archive", str(archive))
-        assert ok["ok"] and ok["pruned_payloads"] == 80 and ok["archives"][0]["checked"] == 80
+        assert ok["ok"]
+        assert ok["pruned_payloads"] == 80
+        assert ok["archives"][0]["checked"] == 80
         assert run.json("replay", "--check")["ok"] is True
 
     def test_bad_duration_is_bad_input(self, run: Any) -> None:
@@ -150,7 +184,8 @@ class TestPruneAndReplay:
         conn.commit()
         conn.close()
         report = run.json("replay", "--check", code=1)
-        assert report["drift"][0]["session_id"] == "s1" and report["drift"][0]["field"] == "tokens_used"
+        assert report["drift"][0]["session_id"] == "s1"
+        assert report["drift"][0]["field"] == "tokens_used"
         run("replay")
         assert run.json("replay", "--check")["ok"] is True
 
@@ -161,7 +196,8 @@ def test_console_script_runs_as_a_process(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("ledger")
     assert subprocess.run([exe, "init"], env=env, capture_output=True, check=False).returncode == 0
     res = subprocess.run([exe, "--json", "verify"], env=env, capture_output=True, text=True, check=False)
-    assert res.returncode == 0 and json.loads(res.stdout)["ok"] is True
+    assert res.returncode == 0
+    assert json.loads(res.stdout)["ok"] is True
     assert subprocess.run([exe, "prune"], env=env, capture_output=True, check=False).returncode == 2
 
 
