@@ -22,7 +22,7 @@ import logfire
 import gate
 from engine.backend import AgentBackend, AgentSpec
 from engine.chain_context import build_context
-from engine.manager import AgentManager, Supervised
+from engine.manager import AgentManager, Supervised, record
 from engine.permissions import PermissionPolicy
 from engine.refusals import DelegationRefused, NotAllowed, SessionNotRunning, UnknownSession
 from engine.roles import Role, load_catalogue
@@ -97,7 +97,7 @@ class DelegationService:
         current = self.constitution.ruleset_hash
         if last is not None and (last.data() or {}).get("ruleset_hash") == current:
             return
-        await self.ledger.append_async("ledger", ConstitutionLoaded(
+        await record(self.ledger, "ledger", ConstitutionLoaded(
             ruleset_hash=current, profile=self.constitution.profile, source=source,
             document={"rules_version": gate.RULES_VERSION, **self.constitution.model_dump(mode="json")}))
 
@@ -140,14 +140,15 @@ class DelegationService:
                 raise NotAllowed(f"the calling session {parent} is unknown to the ledger")
         session_id = str(uuid.uuid4())
         with logfire.span(
-            "delegation.spawn", session_id=session_id, parent=parent, role=str(raw.get("role"))
+            # `delegation_id`, not `session_id`: logfire's default scrubbing blanks keys matching 'session'
+            "delegation.spawn", delegation_id=session_id, parent=parent, role=str(raw.get("role"))
         ):
             try:
                 request_copy = dict(raw)
                 canonical_bytes(request_copy)
             except PayloadError:
                 request_copy = {"unrepresentable": repr(raw)[:4000]}
-            await self.ledger.append_async(
+            await record(self.ledger,
                 session_id,
                 DelegationRequested(
                     request=request_copy,
@@ -156,12 +157,12 @@ class DelegationService:
                     parent_session_id=parent,
                 ),
             )
-            with logfire.span("gate.evaluate", session_id=session_id) as span:
+            with logfire.span("gate.evaluate", delegation_id=session_id) as span:
                 verdict, judged_at, facts = self.judge(raw, parent)
                 span.set_attribute("decision", verdict.decision)
                 span.set_attribute("rules", [f.rule for f in verdict.violations])
             depth = 0 if parent is None else (self.ledger.session(parent).depth + 1)  # type: ignore[union-attr]
-            await self.ledger.append_async(
+            await record(self.ledger,
                 session_id,
                 GateDecided(
                     verdict=verdict,
@@ -273,7 +274,7 @@ class DelegationService:
         st = self.check_access(caller, session_id)
         if st.status in TERMINAL_STATUSES:
             raise SessionNotRunning(f"session {session_id} is {st.status}; spawn a new delegation instead")
-        await self.ledger.append_async(
+        await record(self.ledger,
             session_id, MessageSent(session_id=session_id, text=text, sender=caller or "delegator")
         )
         await self.manager.send(session_id, text)
@@ -284,23 +285,28 @@ class DelegationService:
         return self.state(session_id)
 
     def subtree(self, session_id: str) -> list[str]:
+        """Every descendant, queued ones included (a child joins its parent's `children` only once
+        spawned, but an approved child waiting for a slot already names its parent)."""
+        root = self.state(session_id).root_session_id
+        kids: dict[str, list[str]] = {}
+        for st in self.ledger.sessions(root_session_id=root):
+            if st.parent_session_id is not None:
+                kids.setdefault(st.parent_session_id, []).append(st.session_id)
         out: list[str] = []
-        stack = list(self.state(session_id).children)
+        stack = list(reversed(kids.get(session_id, [])))
         while stack:
             sid = stack.pop()
             if sid in out:
                 continue
             out.append(sid)
-            st = self.ledger.session(sid)
-            if st is not None:
-                stack.extend(st.children)
+            stack.extend(reversed(kids.get(sid, [])))
         return out
 
     async def revoke(self, session_id: str, reason: str, by: str | None) -> list[str]:
         """Revoke a delegation and its whole subtree: record it, then stop every live agent in it."""
         self.check_access(by, session_id)
         subtree = self.subtree(session_id)
-        await self.ledger.append_async(
+        await record(self.ledger,
             session_id,
             DelegationRevoked(session_id=session_id, by=by or "delegator", reason=reason, subtree=subtree),
         )
@@ -321,7 +327,7 @@ class DelegationService:
         return [e.data() or {} for e in self.ledger.entries(stream=session_id, types=["output.received"])]
 
     async def note(self, stream: str, text: str, by: str) -> None:
-        await self.ledger.append_async(stream, OperatorNote(text=text, by=by))
+        await record(self.ledger, stream, OperatorNote(text=text, by=by))
 
     async def shutdown(self) -> None:
         await self.manager.shutdown()

@@ -121,7 +121,7 @@ def rerun_findings(hop: dict[str, Any]) -> list[dict[str, Any]]:
                 actual=old["decision"],
             )
         )
-    elif old["available"] and not old["same_findings"]:
+    elif old["available"] and not old["same_findings"] and not approximate:
         out.append(
             finding(
                 "RERUN_FINDINGS_DIFFER",
@@ -160,7 +160,10 @@ def rerun_findings(hop: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     elif approximate and rerun["notes"]:
-        out.append(finding("RERUN_APPROXIMATE", "; ".join(rerun["notes"]), session_id=sid, seq=seq))
+        notes = list(rerun["notes"])
+        if old["available"] and not old["same_findings"]:
+            notes.append(f"findings added {old['added'] or 'none'}, removed {old['removed'] or 'none'}")
+        out.append(finding("RERUN_APPROXIMATE", "; ".join(notes), session_id=sid, seq=seq))
     return out
 
 
@@ -198,14 +201,21 @@ def hop_findings(
     ):
         if allowed is not None and used > allowed:
             seqs = [x["seq"] for x in b["exceeded"] if x.get("limit") == limit]
+            pruned = [x["seq"] for x in b["exceeded"] if x.get("pruned")]
+            recorded = (
+                f"; budget.exceeded at seq {seqs}"
+                if seqs
+                else f"; budget.exceeded entries with pruned payloads at seq {pruned}"
+                if pruned
+                else "; no budget.exceeded was recorded"
+            )
             out.append(
                 finding(
                     "BUDGET_OVERRUN",
                     f"{limit}: the subtree used {used:g} of {allowed:g} allocated "
-                    f"(own {b['consumed'][limit]:g})"
-                    + (f"; budget.exceeded at seq {seqs}" if seqs else "; no budget.exceeded was recorded"),
+                    f"(own {b['consumed'][limit]:g}){recorded}",
                     session_id=sid,
-                    seq=seqs[0] if seqs else None,
+                    seq=(seqs or pruned or [None])[0],
                     expected=allowed,
                     actual=used,
                 )

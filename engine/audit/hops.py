@@ -12,6 +12,7 @@ from schemas.events import TERMINAL_STATUSES
 
 #: OpenCode tools governed by another tool's permission rule
 _PERMISSION_OF_TOOL = {"patch": "edit", "multiedit": "edit", "apply_patch": "edit"}
+_SPAWN_TOOLS = frozenset({"ledger_spawn_agent", "ledger_delegate", "ledger_delegate_batch"})
 _ALWAYS_ALLOWED = frozenset({"todowrite", "todoread", "invalid"})
 
 
@@ -40,35 +41,32 @@ def constraints_split(own: list[str], ancestors: list[list[str]]) -> dict[str, l
 
 
 def _coverage(tool: str, permissions: dict[str, Any], spawned: Ev | None) -> dict[str, Any]:
+    """Which recorded rule let the tool run: the agent's permissions from its agent.spawned entry."""
     if spawned is None:
         return {
             "rule": None,
             "covered": False,
-            "by": "no agent.spawned entry records this agent's permissions",
+            "by": "no agent.spawned entry records the agent's permissions",
         }
-    if "_" in tool and tool.split("_", 1)[0] == "ledger":
+    if tool in _SPAWN_TOOLS:
         return {
             "rule": "gate",
             "covered": True,
-            "by": "the ledger's own MCP tool: a nested delegation is judged by the gate "
-            f"(spawn seq {spawned.seq})",
+            "by": "ledger MCP tool: the nested delegation is judged by the gate",
+        }
+    if tool.startswith("ledger_"):
+        return {
+            "rule": "token",
+            "covered": True,
+            "by": "ledger MCP tool, bound by its token to the agent's subtree",
         }
     if tool in _ALWAYS_ALLOWED:
         return {"rule": "allow", "covered": True, "by": "bookkeeping tool with no permission rule"}
     perm = _PERMISSION_OF_TOOL.get(tool, tool)
     rule = permissions.get(perm)
     if rule is None:
-        return {
-            "rule": None,
-            "covered": False,
-            "by": f"no permission rule for {perm!r} in the agent's permissions "
-            f"(agent.spawned seq {spawned.seq})",
-        }
-    return {
-        "rule": rule,
-        "covered": rule == "allow",
-        "by": f"permission {perm!r}: {rule} (agent.spawned seq {spawned.seq})",
-    }
+        return {"rule": None, "covered": False, "by": f"no permission rule for {perm!r} at spawn"}
+    return {"rule": rule, "covered": rule == "allow", "by": f"permission {perm}: {rule} at spawn"}
 
 
 def actions(
@@ -219,9 +217,7 @@ def hop_node(
             },
             "exceeded": exceeded,
         },
-        "verdict": None
-        if verdict is None
-        else {**verdict, "evaluated_at": dd.get("evaluated_at"), "facts": dd.get("facts") or None},
+        "verdict": None if verdict is None else {**verdict, "evaluated_at": dd.get("evaluated_at")},
         "evidence": evidence,
         "revocation": _revocation(revoked_by, stream, bool(st.get("revoked"))),
         "outputs": len(scan.all(stream, "output.received")),

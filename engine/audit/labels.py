@@ -65,7 +65,10 @@ def budget(hop: dict[str, Any]) -> str:
         f"subtree {_tokens(sub['tokens'])} tok / {_money(sub['cost_usd'])}"
     )
     for x in b["exceeded"]:
-        text += f"; EXCEEDED {x.get('limit')} {x.get('used'):g} > {x.get('allowed'):g} (seq {x['seq']})"
+        if x.get("used") is None:  # a pruned budget.exceeded entry: only its header is left
+            text += f"; EXCEEDED (entry seq {x['seq']}, payload pruned)"
+        else:
+            text += f"; EXCEEDED {x.get('limit')} {x['used']:g} > {x['allowed']:g} (seq {x['seq']})"
     return text
 
 

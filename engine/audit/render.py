@@ -39,8 +39,8 @@ def render_csv(envelope: dict[str, Any]) -> str:
     return buf.getvalue()
 
 
-def render(envelope: dict[str, Any], fmt: str, *, width: int = 120) -> str:
-    """The report in `fmt` (one of FORMATS) as text; ValueError for an unknown format."""
+def render(envelope: dict[str, Any], fmt: str, *, width: int = 160) -> str:
+    """The report in `fmt` (one of FORMATS) as text (`width`: the text form's); ValueError when unknown."""
     if fmt == "json":
         return render_json(envelope)
     if fmt == "csv":

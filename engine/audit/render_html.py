@@ -29,6 +29,7 @@ th{background:#eef1f7}.kv td:first-child{font-weight:600;white-space:nowrap}
  margin-right:4px}
 .legend span{display:inline-block;margin-right:14px}
 .node .head{font-weight:700}
+.sid{color:#667;font-family:ui-monospace,monospace;font-size:12px}
 .node .sid{color:#667;font-weight:400;font-family:ui-monospace,monospace;font-size:12px}
 .node .st{float:right;margin-left:12px;font-size:12px;padding:1px 8px;border-radius:8px;color:#fff;
  background:#2e7d32}
@@ -200,7 +201,7 @@ def render_html(env: dict[str, Any]) -> str:
                 x["session_id"],
                 x["role"],
                 x["parent_session_id"] or "main agent",
-                (x["evidence"]["decided"] or {}).get("seq"),
+                x["decided_seq"],
                 "; ".join(f"{f['rule']}: {f['message']}" for f in x["violations"]),
             ]
             for x in r["refused"]
@@ -226,7 +227,11 @@ def render_html(env: dict[str, Any]) -> str:
         f"<title>Audit of task {_e(task['task_id'])}"
         f"</title><style>{_CSS}</style></head><body><h1>Compliance audit of task {_e(task['task_id'])}"
         f"<span class='badge {s['result']}'>{s['result'].upper()}</span></h1>"
-        f"<div>{s['violations']} violation(s), {s['warnings']} warning(s), {s['infos']} note(s)</div>"
-        f"{header}<h2>Delegation tree</h2>{legend}{tree}<h2>Refused delegations</h2>{refused}"
-        f"<h2>Audit findings</h2>{findings}<h2>Retention</h2>{retention}</body></html>\n"
+        f"<div>{s['violations']} violation(s), {s['warnings']} warning(s), {s['infos']} note(s) · "
+        f"{s['hops']} hop(s): {s['approved']} approved, {s['refused']} refused, {s['revoked']} revoked · "
+        f"ledger verify {'ok' if led['verify']['ok'] else 'FAILED'} · report SHA-256 "
+        f"<span class='sid'>{_e(env['report_sha256'])}</span></div>"
+        f"<h2>Delegation tree</h2>{legend}{tree}<h2>Audit findings</h2>{findings}"
+        f"<h2>Refused delegations</h2>{refused}<h2>Scope, ledger and rules</h2>{header}"
+        f"<h2>Retention</h2>{retention}</body></html>\n"
     )

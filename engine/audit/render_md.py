@@ -32,8 +32,10 @@ def mermaid(report: dict[str, Any]) -> str:
     used: set[str] = set()
     for n, (_, hop) in enumerate(labels.walk(report["tree"])):
         node = ids[hop["session_id"]] = f"h{n}"
-        label = f"{hop['role']}<br/>{hop['session_id'][:8]}<br/>{labels.state(hop)}"
-        lines.append(f'  {node}["{_mermaid_text(label)}"]')
+        label = "<br/>".join(
+            _mermaid_text(str(x)) for x in (hop["role"], hop["session_id"][:8], labels.state(hop))
+        )
+        lines.append(f'  {node}["{label}"]')
         parent = ids.get(hop["parent_session_id"] or "", "main")
         arrow = "-.->|refused|" if hop["decision"] == "rejected" else "-->"
         lines.append(f"  {parent} {arrow} {node}")
@@ -172,7 +174,7 @@ def render_md(env: dict[str, Any]) -> str:
                 x["session_id"],
                 x["role"],
                 x["parent_session_id"] or "main agent",
-                (x["evidence"]["decided"] or {}).get("seq"),
+                x["decided_seq"],
                 "; ".join(f"{f['rule']}: {f['message']}" for f in x["violations"]),
             ]
             for x in r["refused"]

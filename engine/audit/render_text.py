@@ -162,7 +162,7 @@ def renderables(env: dict[str, Any]) -> Group:
                 x["session_id"][:8],
                 escape(str(x["role"])),
                 x["parent_session_id"][:8] if x["parent_session_id"] else "main agent",
-                str((x["evidence"]["decided"] or {}).get("seq", "")),
+                str("" if x["decided_seq"] is None else x["decided_seq"]),
                 escape("; ".join(f"{f['rule']} {f['path']}: {f['message']}" for f in x["violations"])),
             )
         parts.append(t)
@@ -191,9 +191,7 @@ def renderables(env: dict[str, Any]) -> Group:
     return Group(*parts)
 
 
-def render_text(env: dict[str, Any], *, width: int = 120) -> str:
+def render_text(env: dict[str, Any], *, width: int = 160) -> str:
     buf = io.StringIO()
-    Console(file=buf, width=width, color_system=None, highlight=False, soft_wrap=False).print(
-        renderables(env)
-    )
+    Console(file=buf, width=width, color_system=None, highlight=False, soft_wrap=True).print(renderables(env))
     return buf.getvalue()

@@ -51,12 +51,13 @@ class Rulebook:
 
     current: gate.Constitution
     current_source: str | None
+    current_hash: str = ""
     documents: dict[str, Ev] = field(default_factory=dict)
     _resolved: dict[str, tuple[gate.Constitution | None, str | None]] = field(default_factory=dict)
 
     @classmethod
     def from_scan(cls, scan: LedgerScan, current: gate.Constitution, source: str | None) -> Rulebook:
-        book = cls(current, source)
+        book = cls(current, source, current.ruleset_hash)
         for ev in scan.constitutions:
             if ev.data is not None:
                 book.documents.setdefault(str(ev.data.get("ruleset_hash")), ev)
@@ -71,7 +72,7 @@ class Rulebook:
     def _resolve(self, ruleset_hash: str) -> tuple[gate.Constitution | None, str | None]:
         ev = self.documents.get(ruleset_hash)
         if ev is None or ev.data is None:
-            if self.current.ruleset_hash == ruleset_hash:
+            if self.current_hash == ruleset_hash:
                 return self.current, None
             return None, f"no constitution.loaded entry records the rules {ruleset_hash}"
         document = dict(ev.data.get("document") or {})
@@ -100,30 +101,26 @@ def _finding_keys(findings: list[dict[str, Any]]) -> list[str]:
     return sorted(f"{f.get('rule')}@{f.get('hop')}:{f.get('path')}" for f in findings)
 
 
+def _verdict_keys(findings: list[Any]) -> list[str]:
+    return sorted(f"{f.rule}@{f.hop}:{f.path}" for f in findings)
+
+
 def _outcome(
-    recorded: dict[str, Any],
-    verdict: gate.Verdict | None,
-    constitution: gate.Constitution | None,
-    problem: str | None,
+    recorded: dict[str, Any], verdict: gate.Verdict | None, ruleset_hash: str | None, problem: str | None
 ) -> dict[str, Any]:
-    if verdict is None or constitution is None:
-        return {
-            "ruleset_hash": None if constitution is None else constitution.ruleset_hash,
-            "available": False,
-            "reason": problem,
-        }
-    new = verdict.model_dump(mode="json")
+    """How a re-run compares with the recorded verdict (`ruleset_hash`: the rules it ran under)."""
+    if verdict is None or ruleset_hash is None:
+        return {"ruleset_hash": ruleset_hash, "available": False, "reason": problem}
     old_keys = _finding_keys(recorded.get("violations", [])) + _finding_keys(recorded.get("warnings", []))
-    new_keys = _finding_keys(new["violations"]) + _finding_keys(new["warnings"])
+    new_keys = _verdict_keys(verdict.violations) + _verdict_keys(verdict.warnings)
     return {
-        "ruleset_hash": constitution.ruleset_hash,
-        "profile": constitution.profile,
+        "ruleset_hash": ruleset_hash,
         "available": True,
         "decision": verdict.decision,
         "same_decision": verdict.decision == recorded.get("decision"),
         "same_findings": old_keys == new_keys,
-        "violations": sorted({f["rule"] for f in new["violations"]}),
-        "warnings": sorted({f["rule"] for f in new["warnings"]}),
+        "violations": sorted({f.rule for f in verdict.violations}),
+        "warnings": sorted({f.rule for f in verdict.warnings}),
         "added": sorted(set(new_keys) - set(old_keys)),
         "removed": sorted(set(old_keys) - set(new_keys)),
     }
@@ -137,6 +134,8 @@ class Rerunner:
         self.requests = requests
         self.rules = rules
         self._hops: dict[tuple[str, bool, int | None, float | None], gate.Hop] = {}
+        self._directories: dict[tuple[Any, ...], gate.DirectoryFacts] = {}
+        self._catalogues: dict[tuple[Any, ...], frozenset[str]] = {}
 
     def _hop(self, a: AncestorAt) -> gate.Hop | None:
         tokens = None if a.max_tokens is None else int(a.max_tokens) - a.subtree_tokens
@@ -168,25 +167,33 @@ class Rerunner:
                     f"the request of parent session {a.session_id} is unavailable (pruned or invalid)",
                 )
             hops.append(hop)
-        d = facts.get("directory")
-        directory = (
-            gate.DirectoryFacts(
-                path=str(d.get("path")),
-                exists=bool(d.get("exists")),
-                is_dir=bool(d.get("is_dir")),
-                real_path=d.get("real_path"),
-            )
-            if isinstance(d, dict)
-            else None
-        )
-        roles = facts.get("known_roles")
         return gate.ChainContext(
             parents=tuple(hops),
             revoked_sessions=ctx.revoked,
-            directory=directory,
-            known_roles=frozenset(roles) if isinstance(roles, list) else None,
+            directory=self._directory(facts.get("directory")),
+            known_roles=self._roles(facts.get("known_roles")),
             ledger_head=head,
         ), ""
+
+    def _directory(self, d: Any) -> gate.DirectoryFacts | None:
+        """The recorded directory facts (one object per distinct record)."""
+        if not isinstance(d, dict):
+            return None
+        key = (str(d.get("path")), bool(d.get("exists")), bool(d.get("is_dir")), d.get("real_path"))
+        if key not in self._directories:
+            self._directories[key] = gate.DirectoryFacts(
+                path=key[0], exists=key[1], is_dir=key[2], real_path=key[3]
+            )
+        return self._directories[key]
+
+    def _roles(self, roles: Any) -> frozenset[str] | None:
+        """The recorded role catalogue (None when it was not recorded: ROLE-01 then warns)."""
+        if not isinstance(roles, list):
+            return None
+        key = tuple(roles)
+        if key not in self._catalogues:
+            self._catalogues[key] = frozenset(roles)
+        return self._catalogues[key]
 
     def rerun(self, stream: str) -> dict[str, Any]:
         """The re-run of one stream's decision: context used, outcome under recorded and current rules."""
@@ -250,6 +257,7 @@ class Rerunner:
                     a.session_id for a in ctx.parents if a.revoked or a.session_id in ctx.revoked
                 ],
                 "evaluated_at": data.get("evaluated_at"),
+                "facts_recorded": bool(facts),
             }
         )
         if chain is None or raw is None:
@@ -261,13 +269,16 @@ class Rerunner:
                 "current_rules": None,
                 "context": context,
             }
-        old, problem = self.rules.recorded(str(recorded.get("ruleset_hash")))
+        recorded_hash = str(recorded.get("ruleset_hash"))
+        old, problem = self.rules.recorded(recorded_hash)
         old_verdict = None if old is None else gate.evaluate(raw, chain, now, old)
+        under_old = _outcome(recorded, old_verdict, old and recorded_hash, problem)
         current = self.rules.current
-        same = old is not None and old.ruleset_hash == current.ruleset_hash
-        new_verdict = old_verdict if same else gate.evaluate(raw, chain, now, current)
-        under_old = _outcome(recorded, old_verdict, old, problem)
-        under_new = _outcome(recorded, new_verdict, current, None)
+        if old is not None and recorded_hash == self.rules.current_hash:  # one rule set: one run
+            under_new = under_old
+        else:
+            new_verdict = gate.evaluate(raw, chain, now, current)
+            under_new = _outcome(recorded, new_verdict, self.rules.current_hash, None)
         differs = not under_new["same_decision"] or (
             under_old["available"] and not under_old["same_decision"]
         )

@@ -11,34 +11,41 @@ engine handed the gate at the time.
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from functools import lru_cache
+from typing import Any, NamedTuple
 
-from ledger import Ledger
-from ledger.entry import Head, us_to_datetime
+from ledger import Entry, Ledger, VerifyReport, verify_entries
+from ledger.entry import Head
 from ledger.projections import PROJECTED_TYPES, DictSessions, Projector
+from ledger.verify import StoredCheckpoint
 
 TERMINAL_TYPES = ("agent.completed", "agent.stopped", "agent.failed", "session.interrupted")
 
 
-@dataclass(frozen=True, slots=True)
-class Ev:
+class Ev(NamedTuple):
     """One entry as the audit sees it: header, hash and decoded payload (None once pruned)."""
 
     seq: int
     stream: str
     type: str
     at_us: int
-    hash: str
+    hash_bytes: bytes
     data: dict[str, Any] | None
+
+    @property
+    def hash(self) -> str:
+        return self.hash_bytes.hex()
 
     def evidence(self) -> dict[str, Any]:
         """The entry's coordinates as evidence: seq, type, hash, time, and whether its payload is gone."""
         return {
             "seq": self.seq,
             "type": self.type,
-            "hash": self.hash,
+            "hash": self.hash_bytes.hex(),
             "recorded_at": iso_us(self.at_us),
             "pruned": self.data is None,
         }
@@ -62,7 +69,7 @@ class ContextAt:
 
     head_seq: int | None  # seq of the entry whose hash the verdict recorded (None: not found)
     parents: tuple[AncestorAt, ...]
-    revoked: frozenset[str]
+    revoked: frozenset[str]  # sessions on the path revoked by then (REV-01 looks at no others)
     broken_ancestry: str | None = None  # why the parent chain could not be followed
 
 
@@ -71,15 +78,22 @@ class LedgerScan:
     head: Head
     events: list[Ev] = field(default_factory=list)
     by_stream: dict[str, list[Ev]] = field(default_factory=lambda: defaultdict(list))
+    firsts: dict[tuple[str, str], Ev] = field(default_factory=dict)  # (stream, type) -> first entry
     states: DictSessions = field(default_factory=DictSessions)
     contexts: dict[str, ContextAt] = field(default_factory=dict)
     constitutions: list[Ev] = field(default_factory=list)
     prunes: list[Ev] = field(default_factory=list)
     audits: list[Ev] = field(default_factory=list)
     revocations: dict[str, Ev] = field(default_factory=dict)  # session id -> the event that revoked it
+    seq_of_hash: dict[bytes, int] = field(default_factory=dict)
+    checkpoints: list[StoredCheckpoint] = field(default_factory=list)
+    verify: VerifyReport | None = None
+    unreadable: list[int] = field(default_factory=list)  # seqs whose payload is not its event's JSON
+    _tasks: dict[str, str | None] = field(default_factory=dict)
+    _parents: dict[str, str | None] = field(default_factory=dict)
 
     def first(self, stream: str, type_: str) -> Ev | None:
-        return next((e for e in self.by_stream.get(stream, ()) if e.type == type_), None)
+        return self.firsts.get((stream, type_))
 
     def all(self, stream: str, *types: str) -> list[Ev]:
         return [e for e in self.by_stream.get(stream, ()) if e.type in types]
@@ -89,6 +103,11 @@ class LedgerScan:
 
     def task_of(self, stream: str) -> str | None:
         """The task a stream belongs to: from its decision, request, spawn, or pruned snapshot."""
+        if stream not in self._tasks:
+            self._tasks[stream] = self._task_of(stream)
+        return self._tasks[stream]
+
+    def _task_of(self, stream: str) -> str | None:
         for e in self.by_stream.get(stream, ()):
             d = e.data
             if d is None:
@@ -103,6 +122,11 @@ class LedgerScan:
         return (state or {}).get("task_id") or None
 
     def parent_of(self, stream: str) -> str | None:
+        if stream not in self._parents:
+            self._parents[stream] = self._parent_of(stream)
+        return self._parents[stream]
+
+    def _parent_of(self, stream: str) -> str | None:
         for type_ in ("gate.decided", "delegation.requested", "agent.spawned"):
             e = self.first(stream, type_)
             if e is not None and e.data is not None:
@@ -111,35 +135,72 @@ class LedgerScan:
         return None if state is None else state.get("parent_session_id")
 
 
+@lru_cache(maxsize=16384)
+def _second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
 def iso_us(us: int) -> str:
-    return us_to_datetime(us).isoformat().replace("+00:00", "Z")
+    """RFC 3339 UTC time of a microsecond timestamp, as the ledger writes them (no zero fraction)."""
+    seconds, micros = divmod(us, 1_000_000)
+    return f"{_second(seconds)}.{micros:06d}Z" if micros else f"{_second(seconds)}Z"
+
+
+def _read(out: LedgerScan, entries: Iterable[Entry], decisions: list[Ev]) -> Iterator[Entry]:
+    """Index every entry into `out` while handing it on (to the verifier)."""
+    loads = json.loads
+    kept = {
+        "gate.decided": decisions,
+        "constitution.loaded": out.constitutions,
+        "ledger.pruned": out.prunes,
+        "audit.issued": out.audits,
+    }
+    events, by_stream, firsts, seq_of_hash = out.events, out.by_stream, out.firsts, out.seq_of_hash
+    for entry in entries:
+        payload = entry.payload
+        data = None
+        if payload is not None:
+            try:
+                data = loads(payload)
+            except ValueError:  # bytes changed behind the chain's back: verify names the entry
+                out.unreadable.append(entry.seq)
+            if data is not None and (type(data) is not dict or data.get("type") != entry.type):
+                out.unreadable.append(entry.seq)
+                data = None
+        ev = Ev(entry.seq, entry.stream, entry.type, entry.recorded_at_us, entry.hash, data)
+        events.append(ev)
+        by_stream[ev.stream].append(ev)
+        key = (ev.stream, ev.type)
+        if key not in firsts:
+            firsts[key] = ev
+        seq_of_hash[ev.hash_bytes] = ev.seq
+        if ev.type in kept:
+            kept[ev.type].append(ev)
+        yield entry
 
 
 def scan(ledger: Ledger) -> LedgerScan:
-    """Read the whole chain once and fold it; capture each decision's context as of its ledger head."""
-    head = ledger.head()
-    out = LedgerScan(head=head)
-    loads = json.loads
-    seq_of_hash: dict[str, int] = {}
+    """Read the whole chain once: verify it (every link, payload hash and checkpoint, recomputed) while
+    indexing and folding it, and capture each decision's context as of the ledger head it recorded."""
+    checkpoints = ledger.checkpoints()  # read first: each one is then within the entries read below
+    out = LedgerScan(head=Head(0, bytes(32), 0), checkpoints=checkpoints)
     decisions: list[Ev] = []
-    for entry in ledger.entries(stop=head.size):
-        data = None if entry.payload is None else loads(entry.payload)
-        ev = Ev(entry.seq, entry.stream, entry.type, entry.recorded_at_us, entry.hash.hex(), data)
-        out.events.append(ev)
-        out.by_stream[ev.stream].append(ev)
-        seq_of_hash[ev.hash] = ev.seq
-        if ev.type == "gate.decided":
-            decisions.append(ev)
-        elif ev.type == "constitution.loaded":
-            out.constitutions.append(ev)
-        elif ev.type == "ledger.pruned":
-            out.prunes.append(ev)
-        elif ev.type == "audit.issued":
-            out.audits.append(ev)
+    reader = _read(out, ledger.entries(), decisions)
+    out.verify = verify_entries(
+        reader, checkpoints=checkpoints, verifier=ledger.verifier(), origin=ledger.origin
+    )
+    for _ in reader:  # verify stops at the first problem: the audit still reads everything
+        pass
+    if out.events:
+        last = out.events[-1]
+        out.head = Head(last.seq, last.hash_bytes, last.at_us)
     capture: dict[int, list[tuple[Ev, bool]]] = defaultdict(list)
     for d in decisions:
         head_hash = (((d.data or {}).get("verdict") or {}).get("ledger_head")) or ""
-        at = seq_of_hash.get(head_hash)
+        try:
+            at = out.seq_of_hash.get(bytes.fromhex(head_hash))
+        except ValueError:
+            at = None
         found = at is not None and at < d.seq
         # without a recorded head, the state just before the decision is the best approximation
         capture[at if found else d.seq - 1].append((d, found))  # type: ignore[index]
@@ -151,25 +212,33 @@ def _fold(out: LedgerScan, capture: dict[int, list[tuple[Ev, bool]]]) -> None:
     store = out.states
     apply = Projector().apply
     revoked: set[str] = set()
+    projected = PROJECTED_TYPES
     for ev in out.events:
-        if ev.type in PROJECTED_TYPES:
-            apply(store, ev.stream, ev.type, ev.data, ev.at_us)
-            if ev.data is not None and ev.type == "delegation.revoked":
-                for sid in (ev.data["session_id"], *ev.data.get("subtree", [])):
-                    if (store.get(sid) or {}).get("revoked"):
-                        revoked.add(sid)
-                        out.revocations.setdefault(sid, ev)
-            elif ev.data is not None and ev.type == "ledger.pruned":
-                revoked.update(s["session_id"] for s in ev.data["sessions"] if s["state"].get("revoked"))
-        for decision, found in capture.get(ev.seq, ()):
-            out.contexts[decision.stream] = _context(
-                store, decision, ev.seq if found else None, frozenset(revoked)
-            )
+        if ev.type in projected:
+            try:
+                _apply(apply, store, ev, revoked, out.revocations)
+            except (KeyError, TypeError, ValueError, AttributeError):  # a payload tampered into another shape
+                out.unreadable.append(ev.seq)
+        if ev.seq in capture:
+            for decision, found in capture[ev.seq]:
+                out.contexts[decision.stream] = _context(store, decision, ev.seq if found else None, revoked)
     for decision, _found in capture.get(0, ()):
-        out.contexts[decision.stream] = _context(store, decision, None, frozenset())
+        out.contexts[decision.stream] = _context(store, decision, None, set())
 
 
-def _context(store: DictSessions, decision: Ev, head_seq: int | None, revoked: frozenset[str]) -> ContextAt:
+def _apply(apply: Any, store: DictSessions, ev: Ev, revoked: set[str], revocations: dict[str, Ev]) -> None:
+    apply(store, ev.stream, ev.type, ev.data, ev.at_us)
+    if ev.data is not None and ev.type == "delegation.revoked":
+        for sid in (ev.data["session_id"], *ev.data.get("subtree", [])):
+            if (store.get(sid) or {}).get("revoked"):
+                revoked.add(sid)
+                revocations.setdefault(sid, ev)
+    elif ev.data is not None and ev.type == "ledger.pruned":
+        revoked.update(s["session_id"] for s in ev.data["sessions"] if s["state"].get("revoked"))
+
+
+def _context(store: DictSessions, decision: Ev, head_seq: int | None, revoked: set[str]) -> ContextAt:
+    """The decision's parents as the fold shows them at this point, and which of them are revoked."""
     parent = (decision.data or {}).get("parent_session_id")
     chain: list[AncestorAt] = []
     seen: set[str] = set()
@@ -194,4 +263,5 @@ def _context(store: DictSessions, decision: Ev, head_seq: int | None, revoked: f
             )
         )
         parent = state.get("parent_session_id")
-    return ContextAt(head_seq, tuple(reversed(chain)), revoked, broken)
+    on_path = frozenset(a.session_id for a in chain if a.session_id in revoked)
+    return ContextAt(head_seq, tuple(reversed(chain)), on_path, broken)

@@ -1,0 +1,196 @@
+"""The audit's building blocks, without OpenCode: canonical bytes, times, constraints, codes, renderers."""
+
+from __future__ import annotations
+
+import copy
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import json_objects, json_values
+
+from engine.audit import CODES, FORMATS, render, seal
+from engine.audit.canonical import envelope_bytes, fast_canonical
+from engine.audit.hops import constraints_split
+from engine.audit.scan import iso_us
+from ledger import PayloadError, canonical_bytes
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "audit.md"
+
+
+class TestCanonical:
+    @given(json_objects)
+    def test_fast_path_is_canonical_bytes(self, value: dict[str, Any]) -> None:
+        """The report encoder writes exactly ledger.canonical_bytes for any JSON object."""
+        expected = canonical_bytes(copy.deepcopy(value))
+        assert fast_canonical(value) == expected
+
+    @given(st.lists(json_values, max_size=6))
+    def test_fast_path_on_lists(self, value: list[Any]) -> None:
+        expected = canonical_bytes(copy.deepcopy(value))
+        assert fast_canonical(value) == expected
+
+    def test_unrepresentable_numbers_are_refused_alike(self) -> None:
+        """An integer beyond 2**53 is refused by both, with the ledger's error."""
+        with pytest.raises(PayloadError):
+            fast_canonical({"n": 2**60})
+
+    @given(json_objects, json_objects)
+    def test_envelope_bytes(self, report: dict[str, Any], issued: dict[str, Any]) -> None:
+        """The envelope's bytes, assembled around the report's, are canonical_bytes of the envelope."""
+        envelope = {"report": report, "report_sha256": "ab" * 32, "issued": issued}
+        expected = canonical_bytes(copy.deepcopy(envelope))
+        assert envelope_bytes(envelope, canonical_bytes(report)) == expected
+
+
+@given(st.integers(0, 4_102_444_800_000_000))
+def test_iso_us_is_the_ledgers_format(us: int) -> None:
+    """Times read as the ledger writes them: UTC, Z, microseconds only when not zero (exact, no float)."""
+    expected = (
+        (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)).isoformat().replace("+00:00", "Z")
+    )
+    assert iso_us(us) == expected
+
+
+def test_iso_us_examples() -> None:
+    assert iso_us(0) == "1970-01-01T00:00:00Z"
+    assert iso_us(1_767_225_600_000_001) == "2026-01-01T00:00:00.000001Z"
+    assert iso_us(int(datetime(2026, 11, 21, 8, 5, 7, 250000, tzinfo=UTC).timestamp() * 1e6)) == (
+        "2026-11-21T08:05:07.250000Z"
+    )
+
+
+class TestConstraints:
+    def test_normalised_like_the_gate(self) -> None:
+        """Whitespace, case and NFKC aside, a constraint restated is inherited, not added."""
+        split = constraints_split(["  use SERENA   tools only", "Write tests"], [["Use Serena tools only"]])
+        assert split == {"inherited": ["  use SERENA   tools only"], "added": ["Write tests"], "missing": []}
+
+    def test_dropped_constraint_is_missing(self) -> None:
+        """A constraint of any ancestor that the hop dropped is listed as missing (what CON-01 refuses)."""
+        split = constraints_split(["B"], [["A"], ["A", "B"]])
+        assert split == {"inherited": ["B"], "added": [], "missing": ["A"]}
+
+
+def test_every_finding_code_is_documented() -> None:
+    """docs/audit.md lists every finding code with its severity."""
+    text = DOCS.read_text(encoding="utf-8")
+    for code, (severity, _meaning) in CODES.items():
+        assert re.search(rf"\|\s*`{code}`\s*\|\s*{severity}\s*\|", text), code
+
+
+def _minimal_report() -> dict[str, Any]:
+    hop = {
+        "session_id": "s-1",
+        "role": "tester",
+        "principal": "tester",
+        "delegator": "pm",
+        "parent_session_id": None,
+        "depth": 0,
+        "task_id": "t",
+        "in_window": True,
+        "decision": "approved",
+        "status": "running",
+        "terminal": False,
+        "end_reason": None,
+        "instructions": None,
+        "capabilities": {
+            "delegator_cap": "x",
+            "delegated_cap": "y <b>",
+            "scopes": None,
+            "phantom_level": "p",
+        },
+        "constraints": {"inherited": [], "added": ["c | d"], "missing": []},
+        "times": dict.fromkeys(
+            (
+                "requested_at",
+                "delegated_at",
+                "evaluated_at",
+                "spawned_at",
+                "ended_at",
+                "expires_at",
+                "timeout_seconds",
+            )
+        ),
+        "budget": {
+            "requested": {"max_tokens": None, "max_cost_usd": None},
+            "allocated": {"max_tokens": None, "max_cost_usd": None},
+            "consumed": {"tokens": 0, "cost_usd": 0},
+            "subtree": {"tokens": 0, "cost_usd": 0},
+            "exceeded": [],
+        },
+        "verdict": None,
+        "evidence": dict.fromkeys(("requested", "decided", "spawned", "terminal", "revoked")),
+        "revocation": None,
+        "outputs": 0,
+        "summary": None,
+        "actions": [],
+        "pruned": True,
+        "unavailable": ["gate.decided"],
+        "children": [],
+        "rerun": None,
+    }
+    return {
+        "format": "f",
+        "generated_at": "2026-01-01T00:00:00Z",
+        "scope": {"task_id": "t", "session_id": None, "since": None, "until": None},
+        "ledger": {
+            "ledger_id": "l",
+            "origin": "o",
+            "head": {"size": 0, "hash": ""},
+            "verify": {"ok": True, "entries": 0, "checkpoints_checked": 0},
+            "newest_checkpoint": None,
+            "checkpoints": 0,
+        },
+        "rulesets": {
+            "current": {"ruleset_hash": "sha256:x", "profile": "default", "source": None},
+            "loaded": [],
+            "in_verdicts": [],
+        },
+        "task": {"task_id": "t", "original_task": None, "cap_origin": None},
+        "tree": [hop],
+        "refused": [],
+        "retention": {
+            "minimum_days": 180,
+            "oldest_entry": None,
+            "pruned_payloads": 0,
+            "prunes": [],
+            "ok": True,
+        },
+        "prior_audits": [],
+        "findings": [],
+        "summary": {
+            "hops": 1,
+            "approved": 1,
+            "refused": 0,
+            "revoked": 0,
+            "tool_calls": 0,
+            "tokens": 0,
+            "cost_usd": 0,
+            "violations": 0,
+            "warnings": 0,
+            "infos": 0,
+            "result": "pass",
+        },
+    }
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_renderers_cope_with_missing_parts(fmt: str) -> None:
+    """A hop whose payloads are gone (no verdict, no evidence, no task) still renders in every format."""
+    text = render(seal(_minimal_report()), fmt)
+    assert text
+    if fmt == "html":
+        assert "y &lt;b&gt;" in text
+        assert "y <b>" not in text
+    if fmt == "md":
+        assert "c \\| d" in text
+
+
+def test_unknown_format() -> None:
+    with pytest.raises(ValueError, match="unknown format 'pdf'"):
+        render(seal(_minimal_report()), "pdf")
