@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import logfire
+
 from engine.backend import (
     AgentBackend,
     AgentSpec,
@@ -39,6 +41,12 @@ from schemas.events import (
     PermissionDecided,
     ToolCalled,
 )
+
+
+async def record(ledger: Ledger, stream: str, event: Any) -> Any:
+    """Append one event to the ledger: the engine's append edge, in its own logfire span."""
+    with logfire.span("ledger.append {event_type}", event_type=getattr(event, "type", "?"), stream=stream):
+        return await ledger.append_async(stream, event)
 
 
 @dataclass
@@ -212,7 +220,8 @@ class AgentManager:
             sup.started_at = time.monotonic()
             if not attached:
                 t0 = time.monotonic()
-                sup.agent = await self.backend.start(sup.spec)
+                with logfire.span("agent.start {role}", role=sup.spec.role, delegation_id=sid):
+                    sup.agent = await self.backend.start(sup.spec)
                 self.stats.spawn_seconds_total += time.monotonic() - t0
                 self.stats.spawns += 1
                 spawned = sup.spawned.model_copy(
@@ -222,7 +231,7 @@ class AgentManager:
                         "pid": sup.agent.pid,
                     }
                 )
-                await led.append_async(sid, spawned)
+                await record(led, sid, spawned)
                 await sup.agent.prompt(sup.spec.prompt)
             async with asyncio.timeout(sup.timeout_s):
                 terminal = await self._follow(sup)
@@ -249,7 +258,7 @@ class AgentManager:
                     await asyncio.shield(sup.agent.close())
             state = self.ledger.session(sid)
             if terminal is not None and (state is None or state.status not in TERMINAL_STATUSES):
-                await asyncio.shield(self.ledger.append_async(sid, terminal))
+                await asyncio.shield(record(self.ledger, sid, terminal))
             if isinstance(terminal, AgentCompleted):
                 self.stats.completed += 1
             elif isinstance(terminal, AgentStopped):
@@ -273,7 +282,7 @@ class AgentManager:
         async for ev in self._watched(sup):
             if isinstance(ev, ToolUse):
                 if ev.status in ("completed", "error"):
-                    await led.append_async(
+                    await record(led,
                         sid,
                         ToolCalled(
                             session_id=sid,
@@ -288,7 +297,7 @@ class AgentManager:
             elif isinstance(ev, PermissionAsk):
                 reply, reason = sup.policy.decide(ev.permission, ev.patterns)
                 await sup.agent.reply_permission(ev.id, reply)
-                await led.append_async(
+                await record(led,
                     sid,
                     PermissionDecided(
                         session_id=sid,
@@ -302,7 +311,7 @@ class AgentManager:
             elif isinstance(ev, Output):
                 if ev.text or ev.tokens.total or ev.cost_usd:
                     sup.outputs.append(ev.text)
-                    await led.append_async(
+                    await record(led,
                         sid,
                         OutputReceived(
                             session_id=sid,
@@ -316,7 +325,7 @@ class AgentManager:
                     self.stats.cost_usd += ev.cost_usd
                     over = self._over_budget(sid)
                     if over is not None:
-                        await led.append_async(sid, over)
+                        await record(led, sid, over)
                         return AgentFailed(
                             session_id=sid,
                             kind="budget",

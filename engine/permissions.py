@@ -11,6 +11,7 @@ directory and anything unknown are refused. Every question OpenCode asks is answ
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -51,11 +52,24 @@ def _covers(actions: set[str], wanted: str) -> bool:
     return any(wanted == a or "/".join(parts[: len(a.split("/"))]) == a for a in actions)
 
 
+#: the read rule of every delegation that may read: OpenCode's own default asks for these files
+SECRET_FILES_DENIED = {"*": "allow", "*.env": "deny", "*.env.*": "deny", "*.env.example": "allow"}
+
+
+def _pattern_action(rule: dict[str, str], target: str) -> str:
+    action = "deny"
+    for pattern, value in rule.items():
+        if fnmatch.fnmatchcase(target, pattern) or fnmatch.fnmatchcase(target.rsplit("/", 1)[-1], pattern):
+            action = value
+    return action
+
+
 @dataclass(frozen=True)
 class PermissionPolicy:
     """The runtime permissions of one agent, derived from its approved request."""
 
-    rules: dict[str, str]
+    #: permission -> "allow" | "deny", or {pattern: action} (the last matching pattern wins, as in OpenCode)
+    rules: dict[str, Any]
     reasons: dict[str, str] = field(default_factory=dict)
     constraints: tuple[str, ...] = ()
 
@@ -87,11 +101,15 @@ class PermissionPolicy:
             reasons["task"] = (
                 "nested delegation goes through the ledger's spawn_agent tool, not OpenCode's task"
             )
+        if rules.get("read") == "allow":
+            # secrets stay out of reach whatever the capability (OpenCode itself only asks for them)
+            rules["read"] = dict(SECRET_FILES_DENIED)
+            reasons["read"] = reasons.get("read", "allowed") + "; .env files (secrets) are denied"
         rules["doom_loop"] = "deny"
         reasons["doom_loop"] = "repeated identical tool calls are refused"
         # OpenCode's `question` tool waits for a human answer that never comes in a headless server
         rules["question"] = "deny"
-        reasons["question"] = "no human answers questions during a delegation; report them in the final answer"
+        reasons["question"] = "no human answers questions during a delegation; put them in the final answer"
         lowered = " ".join(constraints).lower()
         if any(k in lowered for k in ("no shell", "no bash", "read-only", "read only")):
             for perm in ("bash", "edit", "write") if "read" in lowered else ("bash",):
@@ -107,6 +125,11 @@ class PermissionPolicy:
     def decide(self, permission: str, patterns: list[str] | None = None) -> tuple[Reply, str]:
         """Answer one `permission.asked`: ('once' | 'reject', the reason recorded on the ledger)."""
         rule = self.rules.get(permission)
+        if isinstance(rule, dict):
+            actions = [_pattern_action(rule, p) for p in (patterns or ["*"])]
+            if all(a == "allow" for a in actions):
+                return "once", self.reasons.get(permission, "allowed by the delegation")
+            return "reject", f"{permission} of {', '.join(patterns or ['*'])} is denied by the delegation's rules"
         if rule == "allow":
             return "once", self.reasons.get(permission, "allowed by the delegation")
         if rule is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine.backend import AgentBackend
+from engine.manager import record
 from ledger import Ledger
 from schemas.events import SessionInterrupted
 
@@ -35,7 +36,7 @@ async def recover(ledger: Ledger, backend: AgentBackend) -> dict[str, Any]:
             continue
         reason = ("the engine restarted before this delegation started" if st.status != "running" else
                   "the engine restarted and the agent's OpenCode server or session is gone")
-        await ledger.append_async(st.session_id, SessionInterrupted(session_id=st.session_id, reason=reason))
+        await record(ledger, st.session_id, SessionInterrupted(session_id=st.session_id, reason=reason))
         interrupted.append(st.session_id)
     return {"replay_drift": len(check.drift), "repaired": repaired, "attached": attached,
             "interrupted": interrupted}

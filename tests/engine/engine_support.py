@@ -99,9 +99,7 @@ def engine_settings(base: Path, **overrides: Any) -> EngineSettings:
 
 
 @contextlib.asynccontextmanager
-async def running_engine(
-    base: Path, model: ScriptedModel, **overrides: Any
-) -> AsyncIterator[Engine]:
+async def running_engine(base: Path, model: ScriptedModel, **overrides: Any) -> AsyncIterator[Engine]:
     """An engine started on ``base`` (see ``engine_settings``), stopped on exit."""
     engine = Engine(engine_settings(base, **overrides), model_base_url=model.base_url)
     await engine.start()
@@ -124,10 +122,18 @@ def module_env(keys: Path) -> Iterator[pytest.MonkeyPatch]:
         yield mp
 
 
+@pytest.fixture
+def quiet_logfire(monkeypatch: pytest.MonkeyPatch) -> None:
+    """logfire unconfigured stays silent (pytest turns its warning into an error); import it autouse."""
+    monkeypatch.setenv("LOGFIRE_IGNORE_NO_CONFIG", "1")
+
+
 # -- the ledger --------------------------------------------------------------------------------
 
 
-def events(ledger: Ledger, stream: str | None = None, types: list[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+def events(
+    ledger: Ledger, stream: str | None = None, types: list[str] | None = None
+) -> list[tuple[str, dict[str, Any]]]:
     """``(type, payload)`` of the ledger's entries, in order (of one stream, of some types)."""
     filters: dict[str, Any] = {}
     if stream is not None:
@@ -202,7 +208,7 @@ async def wait_spawned(ledger: Ledger, role: str, timeout: float = 60.0, parent:
     """The session id of the first agent of ``role`` (under ``parent``) recorded as spawned."""
 
     def found() -> str | None:
-        for t, data in events(ledger, types=["agent.spawned"]):
+        for _t, data in events(ledger, types=["agent.spawned"]):
             if data["role"] == role and (parent is None or data["parent_session_id"] == parent):
                 return str(data["session_id"])
         return None

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from engine_support import (
+    child_request,
     events,
-    fixture_request,
     first,
+    fixture_request,
     module_env,
     recorded_session,
     root_request,
@@ -28,7 +29,6 @@ from engine_support import (
     wait_spawned,
     wait_status,
     wait_until,
-    child_request,
 )
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
@@ -43,7 +43,9 @@ FIXTURE_REPLY = "Plan: /oauth/token and /oauth/introspect with JWT validation; t
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def engine(tmp_path_factory: pytest.TempPathFactory, module_model: ScriptedModel) -> AsyncIterator[Engine]:
+async def engine(
+    tmp_path_factory: pytest.TempPathFactory, module_model: ScriptedModel
+) -> AsyncIterator[Engine]:
     base = tmp_path_factory.mktemp("engine-mcp")
     with module_env(base / "keys"):
         async with running_engine(base, module_model) as eng:
@@ -99,7 +101,7 @@ class TestFixtureRequest:
         assert waited["cost_usd"] > 0
 
     async def test_ledger_records_the_whole_lifecycle(self, engine: Engine, finished: dict[str, Any]) -> None:
-        """requested -> decided -> spawned -> output -> completed, on the session's own stream; it verifies."""
+        """requested -> decided -> spawned -> output -> completed, on the session's stream; it verifies."""
         sid = finished["sid"]
         led = engine.ledger
         assert led is not None
@@ -127,7 +129,9 @@ class TestFixtureRequest:
         report = led.verify()
         assert report.ok, report
 
-    async def test_the_agents_server_is_gone_after_completion(self, finished: dict[str, Any], engine: Engine) -> None:
+    async def test_the_agents_server_is_gone_after_completion(
+        self, finished: dict[str, Any], engine: Engine
+    ) -> None:
         """A finished agent's `opencode serve` is stopped (one server per agent, none left over)."""
         led = engine.ledger
         assert led is not None
@@ -162,7 +166,9 @@ class TestFixtureRequest:
         """Waiting again for a finished session answers immediately with the same result."""
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        again = (await client.call_tool("wait_for_agent", {"session_id": finished["sid"], "timeout_seconds": 30})).data
+        again = (
+            await client.call_tool("wait_for_agent", {"session_id": finished["sid"], "timeout_seconds": 30})
+        ).data
         assert loop.time() - t0 < 5
         assert again["done"] is True
         assert again["output"] == FIXTURE_REPLY
@@ -185,7 +191,9 @@ class TestFixtureRequest:
         self, client: Client[Any], finished: dict[str, Any], engine: Engine
     ) -> None:
         """A message for an agent that already finished is refused and nothing is recorded."""
-        text = await call_error(client, "send_to_agent", {"session_id": finished["sid"], "message": "one more thing"})
+        text = await call_error(
+            client, "send_to_agent", {"session_id": finished["sid"], "message": "one more thing"}
+        )
         assert "completed" in text
         assert engine.ledger is not None
         assert "message.sent" not in types_of(engine.ledger, finished["sid"])
@@ -210,9 +218,15 @@ class TestRunningAgent:
         await asyncio.to_thread(module_model.wait_for_completions, 1, conversation=marker, timeout=60)
         active = (await client.call_tool("list_active_sessions", {})).data
         mine = [s for s in active["sessions"] if s["session_id"] == sid]
-        assert mine and mine[0]["status"] == "running" and mine[0]["role"] == "reviewer"
+        assert mine
+        assert mine[0]["status"] == "running"
+        assert mine[0]["role"] == "reviewer"
         assert active["stats"]["running"] >= 1
-        sent = (await client.call_tool("send_to_agent", {"session_id": sid, "message": f"{marker} also check PKCE"})).data
+        sent = (
+            await client.call_tool(
+                "send_to_agent", {"session_id": sid, "message": f"{marker} also check PKCE"}
+            )
+        ).data
         assert sent == {"session_id": sid, "sent": True}
         assert first(led, sid, "message.sent")["text"] == f"{marker} also check PKCE"
         pid = first(led, sid, "agent.spawned")["pid"]
@@ -225,13 +239,16 @@ class TestRunningAgent:
 
 
 class TestRefusals:
-    async def test_gate_refusal_names_each_rule(self, client: Client[Any], engine: Engine, project: Path) -> None:
+    async def test_gate_refusal_names_each_rule(
+        self, client: Client[Any], engine: Engine, project: Path
+    ) -> None:
         """A refused spawn is a ToolError naming every violated rule; both facts are on the ledger."""
         bad = fixture_request(project, "Deploy to production.")
         bad["original_task"]["requester"] = "Mallory"
         bad["delegation_context"]["delegated_to"] = "frontend_specialist"
         text = await call_error(client, "spawn_agent", bad)
-        assert "ID-01" in text and "ID-03" in text
+        assert "ID-01" in text
+        assert "ID-03" in text
         sid = recorded_session(text)
         led = engine.ledger
         assert led is not None
@@ -289,7 +306,9 @@ class TestRefusals:
         ]
         assert engine.ledger.session(sid) is None
 
-    async def test_unknown_role_lists_the_known_roles(self, client: Client[Any], engine: Engine, project: Path) -> None:
+    async def test_unknown_role_lists_the_known_roles(
+        self, client: Client[Any], engine: Engine, project: Path
+    ) -> None:
         """A role outside the catalogue is refused with ROLE-01, naming the roles that exist."""
         req = root_request(project, "wizard", "cast a spell")
         text = await call_error(client, "spawn_agent", req)
@@ -301,14 +320,18 @@ class TestRefusals:
 
 
 class TestCatalogue:
-    async def test_roles_merge_catalogue_project_and_opencode(self, client: Client[Any], project: Path) -> None:
+    async def test_roles_merge_catalogue_project_and_opencode(
+        self, client: Client[Any], project: Path
+    ) -> None:
         """Built-in roles, the project's own roles and OpenCode's agents (GET /agent) in one list."""
         roles_dir = project / ".delegation-ledger" / "roles"
         roles_dir.mkdir(parents=True, exist_ok=True)
         (roles_dir / "security_auditor.md").write_text(
             "---\nname: security_auditor\ndescription: Audits auth code.\n---\nYou audit security.\n"
         )
-        listed = (await client.call_tool("list_available_agent_roles", {"project_directory": str(project)})).data
+        listed = (
+            await client.call_tool("list_available_agent_roles", {"project_directory": str(project)})
+        ).data
         by_name = {r["name"]: r for r in listed["roles"]}
         assert listed["note"] is None
         assert by_name["backend_specialist"]["source"].endswith("backend_specialist.md")
@@ -330,10 +353,12 @@ class TestCatalogue:
         assert general["source"] == "opencode"
         assert general["opencode_agent"]["name"] == "general"
         text = await call_error(client, "get_agent_capabilities", {"role": "wizard"})
-        assert "unknown role 'wizard'" in text and "tester" in text and "build" in text
+        assert "unknown role 'wizard'" in text
+        assert "tester" in text
+        assert "build" in text
 
     async def test_list_opencode_models_shows_the_scripted_provider(self, client: Client[Any]) -> None:
-        """The providers come from the real OpenCode server: our scripted provider with its model and price."""
+        """Providers come from the real OpenCode server: our scripted provider, its model and price."""
         models = (await client.call_tool("list_opencode_models", {})).data
         providers = {p["id"]: p for p in models["providers"]}
         assert "scripted" in providers
@@ -374,12 +399,16 @@ class TestDelegate:
         bad = root_request(project, "wizard", "cast a spell")
         good2 = root_request(project, "researcher", f"{b} research JWT libraries")
         out = (
-            await client.call_tool("delegate_batch", {"requests": [good1, bad, good2], "wait": True, "wait_seconds": 120})
+            await client.call_tool(
+                "delegate_batch", {"requests": [good1, bad, good2], "wait": True, "wait_seconds": 120}
+            )
         ).data["results"]
         assert [r["decision"] for r in out] == ["approved", "rejected", "approved"]
         assert "ROLE-01" in out[1]["error"]
-        assert out[0]["status"] == "completed" and out[0]["output"] == f"{a} reviewed"
-        assert out[2]["status"] == "completed" and out[2]["output"] == f"{b} researched"
+        assert out[0]["status"] == "completed"
+        assert out[0]["output"] == f"{a} reviewed"
+        assert out[2]["status"] == "completed"
+        assert out[2]["output"] == f"{b} researched"
         led = engine.ledger
         assert led is not None
         assert verdict(led, out[1]["session_id"])["decision"] == "rejected"
@@ -404,7 +433,9 @@ class TestRevoke:
         await asyncio.to_thread(module_model.wait_for_completions, 1, conversation=c, timeout=60)
         await asyncio.to_thread(module_model.wait_for_completions, 2, conversation=r, timeout=60)
         pids = [first(led, s, "agent.spawned")["pid"] for s in (root_sid, child_sid)]
-        revoked = (await client.call_tool("revoke_delegation", {"session_id": root_sid, "reason": "scope changed"})).data
+        revoked = (
+            await client.call_tool("revoke_delegation", {"session_id": root_sid, "reason": "scope changed"})
+        ).data
         assert revoked["revoked"] == [root_sid, child_sid]
         rec = first(led, root_sid, "delegation.revoked")
         assert rec["subtree"] == [child_sid]
