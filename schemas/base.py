@@ -21,13 +21,13 @@ def parse_rfc3339(value: Any) -> datetime:
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
             raise PydanticCustomError(
-                RFC3339_ERROR, "datetime has no timezone (got {got!r})", {"got": str(value)}
+                RFC3339_ERROR, "datetime has no timezone (got '{got}')", {"got": str(value)}
             )
         return value
     if not isinstance(value, str) or not _RFC3339.match(value):
         raise PydanticCustomError(
             RFC3339_ERROR,
-            "expected an RFC 3339 timestamp with a timezone such as 2025-10-01T08:00:00Z (got {got!r})",
+            "expected an RFC 3339 timestamp with a timezone such as 2025-10-01T08:00:00Z (got '{got}')",
             {"got": value},
         )
     text = value.replace("z", "Z").replace("t", "T")
@@ -39,7 +39,7 @@ def parse_rfc3339(value: Any) -> datetime:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:  # e.g. month 13
         raise PydanticCustomError(
-            RFC3339_ERROR, "not a valid date-time: {reason} (got {got!r})", {"reason": str(exc), "got": value}
+            RFC3339_ERROR, "not a valid date-time: {reason} (got '{got}')", {"reason": str(exc), "got": value}
         ) from exc
 
 

@@ -24,7 +24,7 @@ def _check_scope(value: str) -> str:
     if not _SCOPE.match(value):
         raise PydanticCustomError(
             SCOPE_ERROR,
-            "expected a scope '<resource>#<action>' such as 'repo:src/**#fs/write' (got {got!r})",
+            "expected a scope '<resource>#<action>' such as 'repo:src/**#fs/write' (got '{got}')",
             {"got": value},
         )
     resource = value.split("#", 1)[0]
@@ -36,7 +36,7 @@ def _check_scope(value: str) -> str:
     ):
         raise PydanticCustomError(
             SCOPE_ERROR,
-            "resource of scope {got!r} has an empty segment or a '**' that is not the whole last segment",
+            "resource of scope '{got}' has an empty segment or a '**' that is not the whole last segment",
             {"got": value},
         )
     return value

@@ -358,7 +358,7 @@ class TestPermissionPolicy:
 
     def test_secret_files_are_never_readable(self) -> None:
         """Whatever the capability, reading .env files is refused (OpenCode itself would only ask)."""
-        for policy in (_policy(), _policy(scopes=["repo:**#fs/read"])):
+        for policy in (_policy(), _policy(scopes=["repo:src/**#fs/read"])):
             assert policy.decide("read", ["src/a.py"])[0] == "once"
             assert policy.decide("read", [".env"])[0] == "reject"
             assert policy.decide("read", ["config/.env.production"])[0] == "reject"
