@@ -32,7 +32,9 @@ from typing import Any
 import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
+from typer.testing import CliRunner
 
+from cli.app import app
 from engine.runtime import Engine
 from engine.scripted_model import HangStep, ScriptedModel, TextStep, ToolCallStep, Usage
 from engine.settings import EngineSettings
@@ -282,3 +284,18 @@ def build_chain(base: Path) -> Chain:
             led.checkpoint()
     chain.seconds = time.monotonic() - t0
     return chain
+
+
+class Cli:
+    """`ledger --db DB audit ...` in-process; returns (exit code, stdout, stderr)."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = db
+
+    def __call__(self, *args: str) -> tuple[int, str, str]:
+        result = CliRunner().invoke(app, ["--db", str(self.db), "audit", *args], catch_exceptions=False)
+        return result.exit_code, result.stdout, result.stderr
+
+    def json(self, *args: str) -> tuple[int, dict[str, Any]]:
+        code, out, _ = self(*args, "--format", "json")
+        return code, json.loads(out)

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from audit_support import TASK, Chain, build_chain
+from audit_support import TASK, Chain, Cli, build_chain
 
 import gate
-from cli.app import app
 from engine.audit import build_report, seal
 from ledger import Ledger
 
@@ -50,21 +47,6 @@ def envelope(chain_keys: Chain, rules: gate.Constitution) -> dict[str, Any]:
 @pytest.fixture
 def report(envelope: dict[str, Any]) -> dict[str, Any]:
     return envelope["report"]  # type: ignore[no-any-return]
-
-
-class Cli:
-    """`ledger --db DB audit ...` in-process; returns (exit code, stdout, stderr)."""
-
-    def __init__(self, db: Path) -> None:
-        self.db = db
-
-    def __call__(self, *args: str) -> tuple[int, str, str]:
-        result = CliRunner().invoke(app, ["--db", str(self.db), "audit", *args], catch_exceptions=False)
-        return result.exit_code, result.stdout, result.stderr
-
-    def json(self, *args: str) -> tuple[int, dict[str, Any]]:
-        code, out, _ = self(*args, "--format", "json")
-        return code, json.loads(out)
 
 
 @pytest.fixture

@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from audit_support import CLEAN_TASK, TASK, Chain
-from conftest import Cli
+from audit_support import CLEAN_TASK, TASK, Chain, Cli
 
 import gate
 from engine.audit import build_report, render, seal
@@ -61,7 +60,7 @@ class TestExitCodes:
 
     def test_global_json_flag(self, chain_keys: Chain) -> None:
         """`ledger --json audit` prints the JSON envelope."""
-        from conftest import CliRunner, app
+        from audit_support import CliRunner, app
 
         result = CliRunner().invoke(
             app,

@@ -14,8 +14,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from audit_support import TASK, Chain
-from conftest import Cli
+from audit_support import TASK, Chain, Cli
 
 from ledger import canonical_bytes
 
