@@ -8,7 +8,8 @@ budgets, expiries and directory facts. Every rule runs; the verdict is approved.
 Three ways of handing in the chain are measured:
 - warm: one ChainContext reused (the engine caches it per parent session);
 - fresh_context: a new ChainContext per decision over cached Hop objects;
-- cold: new Hop objects and ChainContext per decision (nothing cached but parsed scopes).
+- cold: new Hop objects and ChainContext per decision (only the module-level caches of compiled
+  scopes and normalised texts survive from one decision to the next).
 
 Latency is wall-clock per decision; each mode runs in rounds and reports the median round's
 percentiles, so a neighbour's burst of CPU on a shared machine does not decide the figure. CPU time

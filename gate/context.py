@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from gate.errors import ContextError
 from gate.normalise import norm_text, principal_key
-from gate.scopes import ScopeSet
+from gate.scopes import ScopeSet, compile_scope_set
 from schemas.requests import SpawnRequest
 from schemas.responsibility import CapOrigin, DelegationContext, OriginalTask
 
@@ -57,12 +57,14 @@ class RemainingBudget:
 class Hop:
     """One admitted delegation above the new one: its validated request and what the ledger knows of it.
 
-    `expires_at` is the expiry the engine resolved for the session (for example from a timeout);
-    the hop's effective expiry is the earlier of it and `request.delegation_context.expires_at`.
+    `role` defaults to `request.role` and, when given, must agree with it. `expires_at` is the
+    expiry the engine resolved for the session (for example from a timeout); the hop's effective
+    expiry is the earlier of it and `request.delegation_context.expires_at`.
     """
 
     session_id: str
     request: SpawnRequest
+    role: str = ""
     revoked: bool = False
     budget_remaining: RemainingBudget | None = None
     expires_at: datetime | None = None
@@ -74,6 +76,13 @@ class Hop:
             raise ContextError(
                 f"Hop.request must be a validated SpawnRequest (got {type(self.request).__name__}); "
                 "use Hop.from_request() for a raw dict"
+            )
+        if not self.role:
+            object.__setattr__(self, "role", self.request.role)
+        elif self.role != self.request.role:
+            raise ContextError(
+                f"Hop {self.session_id!r}: role {self.role!r} is not the role of its request "
+                f"({self.request.role!r})"
             )
         if self.expires_at is not None and (
             not isinstance(self.expires_at, datetime) or self.expires_at.utcoffset() is None
@@ -90,6 +99,7 @@ class Hop:
         session_id: str,
         request: SpawnRequest | Mapping[str, Any],
         *,
+        role: str = "",
         revoked: bool = False,
         budget_remaining: RemainingBudget | None = None,
         expires_at: datetime | None = None,
@@ -102,11 +112,7 @@ class Hop:
                 raise ContextError(
                     f"the recorded request of session {session_id!r} is not valid: {exc}"
                 ) from exc
-        return cls(session_id, request, revoked, budget_remaining, expires_at)
-
-    @property
-    def role(self) -> str:
-        return self.request.role
+        return cls(session_id, request, role, revoked, budget_remaining, expires_at)
 
     @property
     def original_task(self) -> OriginalTask:
@@ -124,13 +130,13 @@ class Hop:
     def scopes(self) -> ScopeSet | None:
         """The hop's structured scopes, compiled; None when it carries free-text capabilities only."""
         scopes = self.delegation.scopes
-        return None if scopes is None else ScopeSet(scopes)
+        return None if scopes is None else compile_scope_set(tuple(scopes))
 
     @cached_property
     def origin_scopes(self) -> ScopeSet | None:
         """The hop's `cap_origin.scopes`, compiled (None when absent)."""
         scopes = self.cap_origin.scopes
-        return None if scopes is None else ScopeSet(scopes)
+        return None if scopes is None else compile_scope_set(tuple(scopes))
 
     @cached_property
     def constraints(self) -> dict[str, str]:

@@ -21,7 +21,16 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-__all__ = ["ScopePattern", "ScopeSet", "compile_scopes", "covered_by", "covers", "matches", "parse_scope"]
+__all__ = [
+    "ScopePattern",
+    "ScopeSet",
+    "compile_scope_set",
+    "compile_scopes",
+    "covered_by",
+    "covers",
+    "matches",
+    "parse_scope",
+]
 
 _ONE = "*"
 _REST = "**"
@@ -190,3 +199,9 @@ class ScopeSet:
         if node.star is not None:
             return self._walk(node.star, child, depth + 1)
         return None
+
+
+@lru_cache(maxsize=2048)
+def compile_scope_set(scopes: tuple[str, ...]) -> ScopeSet:
+    """The compiled set for these scope strings, shared by every hop that carries the same ones."""
+    return ScopeSet(scopes)

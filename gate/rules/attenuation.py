@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from gate.normalise import norm_text
 from gate.rules.base import Rule
-from gate.scopes import ScopeSet, compile_scopes
+from gate.scopes import ScopeSet, compile_scope_set, compile_scopes
 from gate.subject import Subject
 from schemas.events import Finding
 
@@ -27,7 +27,7 @@ def scope_reference(s: Subject) -> tuple[str, ScopeSet] | None:
         return None if origin is None else ("cap_origin.scopes", origin)
     if s.origin is None or s.origin.scopes is None:
         return None
-    return "cap_origin.scopes", ScopeSet(s.origin.scopes)
+    return "cap_origin.scopes", compile_scope_set(tuple(s.origin.scopes))
 
 
 class ScopesAttenuate(Rule):

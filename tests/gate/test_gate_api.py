@@ -254,6 +254,14 @@ class TestCallerMistakes:
         with pytest.raises(ContextError, match="not a string"):
             ChainContext(known_roles="tester")  # type: ignore[arg-type]
 
+    def test_hop_role_defaults_to_the_request_and_must_agree(self) -> None:
+        """Hop.role is the request's role unless given; a different role is a ContextError."""
+        request = gate.Hop.from_request("s0", virtual_request()).request
+        assert gate.Hop("s0", request).role == "backend_specialist"
+        assert gate.Hop("s0", request, role="backend_specialist").role == "backend_specialist"
+        with pytest.raises(ContextError, match="not the role of its request"):
+            gate.Hop("s0", request, role="tester")
+
     def test_hop_from_invalid_request_is_a_context_error(self) -> None:
         """A recorded request that no longer validates cannot become a Hop."""
         with pytest.raises(ContextError, match="session 's0'"):
