@@ -85,7 +85,9 @@ class Projector:
             return  # pruned payloads are restored by the ledger.pruned snapshot that follows them
         if type_ == "ledger.pruned":
             for snap in data["sessions"]:
-                store.put(dict(snap["state"]))
+                state = dict(snap["state"])
+                state["children"] = list(state.get("children") or [])  # owned: folds mutate in place
+                store.put(state)
             return
         when = self._when(recorded_at_us)
         if type_ == "gate.decided":
@@ -97,7 +99,7 @@ class Projector:
         state = store.get(data["session_id"])
         if state is None:
             return  # an event for a session whose spawn was pruned and not yet restored
-        state = dict(state)
+        # states are mutated in place (every store owns its dicts; each change is followed by put())
         state["updated_at"] = when
         if type_ == "output.received":
             tokens = data.get("tokens") or {}
@@ -127,7 +129,6 @@ class Projector:
                 target = state if sid == state["session_id"] else store.get(sid)
                 if target is None:
                     continue
-                target = dict(target)
                 target["revoked"] = True
                 target["updated_at"] = when
                 if target["status"] not in TERMINAL_STATUSES:
@@ -173,8 +174,7 @@ class Projector:
     @staticmethod
     def _spawned(store: SessionStore, data: dict[str, Any], when: str) -> None:
         existing = store.get(data["session_id"])
-        state = dict(existing) if existing is not None else dict(_DEFAULTS)
-        state["children"] = list(state.get("children") or [])
+        state = existing if existing is not None else dict(_DEFAULTS, children=[])
         for key in (
             "session_id",
             "task_id",
@@ -200,8 +200,7 @@ class Projector:
         parent_id = data.get("parent_session_id")
         parent = store.get(parent_id) if parent_id else None
         if parent is not None and data["session_id"] not in parent["children"]:
-            parent = dict(parent)
-            parent["children"] = [*parent["children"], data["session_id"]]
+            parent["children"].append(data["session_id"])
             store.put(parent)
 
     @staticmethod
@@ -215,7 +214,6 @@ class Projector:
             parent = store.get(parent_id)
             if parent is None:
                 return
-            parent = dict(parent)
             parent["subtree_tokens"] += tokens
             parent["subtree_cost_usd"] += cost
             store.put(parent)

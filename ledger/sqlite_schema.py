@@ -51,4 +51,6 @@ CREATE INDEX IF NOT EXISTS sessions_by_task ON sessions (task_id);
 """
 
 ENTRY_COLUMNS = "e.seq, s.name, e.type, e.recorded_at, e.payload, e.salt, e.payload_hash, e.hash"
-ENTRY_FROM = "entries e JOIN streams s ON s.id = e.stream_id"
+# CROSS JOIN fixes the join order in SQLite: entries scanned in seq order, streams looked up by key
+# (never a temporary sort of the whole chain, whatever the planner estimates)
+ENTRY_FROM = "entries e CROSS JOIN streams s ON s.id = e.stream_id"
