@@ -6,7 +6,14 @@ import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    StringConstraints,
+)
 from pydantic_core import PydanticCustomError
 
 #: RFC 3339 date-time with a mandatory offset ("Z" or +hh:mm); fractional seconds optional.
@@ -54,7 +61,20 @@ def format_rfc3339(value: datetime) -> str:
 Timestamp = Annotated[
     datetime, BeforeValidator(parse_rfc3339), PlainSerializer(format_rfc3339, return_type=str)
 ]
-NonEmptyStr = Annotated[str, StringConstraints(min_length=1, strip_whitespace=False)]
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError(
+            "blank", "must not be empty or only whitespace (got {got})", {"got": repr(value)}
+        )
+    return value
+
+
+#: at least one character that is not whitespace (a blank name is as missing as an empty one)
+NonEmptyStr = Annotated[
+    str, StringConstraints(min_length=1, strip_whitespace=False), AfterValidator(_not_blank)
+]
 
 
 class Frozen(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from schemas.base import Frozen, NonEmptyStr, Timestamp
@@ -50,6 +50,14 @@ class Budget(Frozen):
 
     max_tokens: Annotated[int, Field(ge=1, le=2**53 - 1)] | None = None
     max_cost_usd: Annotated[float, Field(gt=0, le=1e9, allow_inf_nan=False)] | None = None
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> Budget:
+        if self.max_tokens is None and self.max_cost_usd is None:
+            raise PydanticCustomError(
+                "budget_empty", "a budget needs max_tokens or max_cost_usd (got an empty budget)"
+            )
+        return self
 
 
 class OriginalTask(Frozen):
