@@ -102,8 +102,8 @@ json_objects = st.dictionaries(json_text, json_values, max_size=6)
 
 # -- event payloads ------------------------------------------------------------------------------
 
-#: Non-empty free text as agents and operators write it (any Unicode, no lone surrogates).
-free_text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=60)
+#: Non-empty, non-blank free text as agents and operators write it (any Unicode, no lone surrogates).
+free_text = st.text(st.characters(codec="utf-8"), min_size=1, max_size=60).filter(lambda s: bool(s.strip()))
 ident = st.text("abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=12)
 #: Stream names: identifiers, or any non-empty Unicode text.
 stream_names = st.one_of(ident.map(lambda s: f"sess-{s}"), free_text)
