@@ -272,7 +272,7 @@ def bench_es_aggregate_replay(tmp: Path, events: list[tuple[str, Any]]) -> float
             self.messages += 1
 
         @event("ToolCalled")
-        def tool(self, tool: str, input: dict[str, Any], output: str | None) -> None:  # noqa: A002
+        def tool(self, tool: str, input: dict[str, Any], output: str | None) -> None:
             self.tools += 1
 
         @event("OutputReceived")
@@ -284,8 +284,9 @@ def bench_es_aggregate_replay(tmp: Path, events: list[tuple[str, Any]]) -> float
         def completed(self, summary: str | None) -> None:
             self.status = "completed"
 
-    app = Application(env={"PERSISTENCE_MODULE": "eventsourcing.sqlite",
-                           "SQLITE_DBNAME": str(tmp / "es_app.db")})
+    app = Application(
+        env={"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(tmp / "es_app.db")}
+    )
     ids = []
     live: Any = None
     pending = []
@@ -301,7 +302,9 @@ def bench_es_aggregate_replay(tmp: Path, events: list[tuple[str, Any]]) -> float
         elif t == "tool.called":
             live.tool(tool=d["tool"], input=d["input"], output=d["output"])
         elif t == "output.received":
-            live.output(text=d["text"], tokens=d["tokens"]["input"] + d["tokens"]["output"], cost=d["cost_usd"])
+            live.output(
+                text=d["text"], tokens=d["tokens"]["input"] + d["tokens"]["output"], cost=d["cost_usd"]
+            )
         elif t == "agent.completed":
             live.completed(summary=d.get("summary"))
         if len(pending) >= 200:
@@ -440,7 +443,8 @@ def main() -> None:
         r["replay_vs_eventsourcing_note"] = (
             "baseline: the library's own replay, aggregates rebuilt through its Application repository; "
             "also reported: vs its raw notification read (no state rebuilt) and vs that read plus a "
-            "hand-written dict fold")
+            "hand-written dict fold"
+        )
         r["replay_vs_eventsourcing_read_plus_fold"] = round(ours_replay / es["rebuild"], 3)
         r["replay_vs_eventsourcing_raw_read"] = round(ours_replay / es["read"], 3)
 

@@ -70,7 +70,7 @@ class OpenCodeHTTPError(OpenCodeError):
         return f"{self}{body}"
 
 
-class OpenCodeTimeout(OpenCodeError):  # noqa: N818 - the name the engine's callers use
+class OpenCodeTimeout(OpenCodeError):
     """Waited ``seconds`` for ``what`` and it did not happen."""
 
     def __init__(self, what: str, seconds: float, *, log_tail: str = "") -> None:

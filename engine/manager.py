@@ -282,7 +282,8 @@ class AgentManager:
         async for ev in self._watched(sup):
             if isinstance(ev, ToolUse):
                 if ev.status in ("completed", "error"):
-                    await record(led,
+                    await record(
+                        led,
                         sid,
                         ToolCalled(
                             session_id=sid,
@@ -297,7 +298,8 @@ class AgentManager:
             elif isinstance(ev, PermissionAsk):
                 reply, reason = sup.policy.decide(ev.permission, ev.patterns)
                 await sup.agent.reply_permission(ev.id, reply)
-                await record(led,
+                await record(
+                    led,
                     sid,
                     PermissionDecided(
                         session_id=sid,
@@ -311,7 +313,8 @@ class AgentManager:
             elif isinstance(ev, Output):
                 if ev.text or ev.tokens.total or ev.cost_usd:
                     sup.outputs.append(ev.text)
-                    await record(led,
+                    await record(
+                        led,
                         sid,
                         OutputReceived(
                             session_id=sid,

@@ -100,7 +100,6 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
         middleware=[RecordMalformedSpawns(service)],
     )
 
-
     async def _spawn(args: dict[str, Any]) -> dict[str, Any]:
         try:
             session_id, verdict = await service.spawn(_spawn_args(args), caller=caller())
@@ -323,7 +322,7 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
         results: list[dict[str, Any]] = []
         for raw in requests:
             try:
-                sid, verdict = await service.spawn(dict(raw), caller=caller())
+                sid, _verdict = await service.spawn(dict(raw), caller=caller())
                 results.append({"session_id": sid, "decision": "approved"})
             except DelegationError as exc:
                 results.append(
@@ -393,9 +392,15 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
         except ValueError as exc:
             raise ToolError(f"since/until: {exc}") from None
         try:
-            report = await asyncio.to_thread(build_report, service.ledger, task_id, session_id=session_id,
-                                             current=service.constitution,
-                                             current_source="the engine's constitution in force", **window)
+            report = await asyncio.to_thread(
+                build_report,
+                service.ledger,
+                task_id,
+                session_id=session_id,
+                current=service.constitution,
+                current_source="the engine's constitution in force",
+                **window,
+            )
         except AuditInputError as exc:
             raise ToolError(str(exc)) from None
         return seal(report)

@@ -29,9 +29,13 @@ MCP_NAME = "ledger"
 def _tokens(info: Mapping[str, Any]) -> Tokens:
     t = info.get("tokens") or {}
     cache = t.get("cache") or {}
-    return Tokens(input=int(t.get("input") or 0), output=int(t.get("output") or 0),
-                  reasoning=int(t.get("reasoning") or 0), cache_read=int(cache.get("read") or 0),
-                  cache_write=int(cache.get("write") or 0))
+    return Tokens(
+        input=int(t.get("input") or 0),
+        output=int(t.get("output") or 0),
+        reasoning=int(t.get("reasoning") or 0),
+        cache_read=int(cache.get("read") or 0),
+        cache_write=int(cache.get("write") or 0),
+    )
 
 
 def _error_text(err: Any) -> str:
@@ -62,8 +66,13 @@ class EventMapper:
         text = "".join(self.texts.pop(mid, {}).values())
         err = info.get("error")
         aborted = isinstance(err, Mapping) and err.get("name") == "MessageAbortedError"
-        return Output(message_id=mid, text=text, tokens=_tokens(info), cost_usd=float(info.get("cost") or 0),
-                      error=None if (err is None or aborted) else _error_text(err))
+        return Output(
+            message_id=mid,
+            text=text,
+            tokens=_tokens(info),
+            cost_usd=float(info.get("cost") or 0),
+            error=None if (err is None or aborted) else _error_text(err),
+        )
 
     def _flush(self) -> list[AgentEvent]:
         return [self._output(mid) for mid in list(self.ended)]
@@ -75,7 +84,9 @@ class EventMapper:
         if ev.type == "message.part.updated":
             part = p.get("part") or {}
             if part.get("type") == "text":
-                self.texts.setdefault(part.get("messageID", ""), {})[part.get("id", "")] = part.get("text", "")
+                self.texts.setdefault(part.get("messageID", ""), {})[part.get("id", "")] = part.get(
+                    "text", ""
+                )
             elif part.get("type") == "step-finish":
                 mid = part.get("messageID", "")
                 self.finished_steps.add(mid)
@@ -88,21 +99,36 @@ class EventMapper:
                 if status in ("completed", "error") and call not in self.done_tools:
                     self.done_tools.add(call)
                     out = state.get("output")
-                    return [ToolUse(tool=str(part.get("tool")), call_id=call, status=status,
-                                    input=dict(state.get("input") or {}),
-                                    output=out if isinstance(out, str) else (json.dumps(out) if out else None),
-                                    error=state.get("error") if status == "error" else None)]
+                    return [
+                        ToolUse(
+                            tool=str(part.get("tool")),
+                            call_id=call,
+                            status=status,
+                            input=dict(state.get("input") or {}),
+                            output=out if isinstance(out, str) else (json.dumps(out) if out else None),
+                            error=state.get("error") if status == "error" else None,
+                        )
+                    ]
         elif ev.type == "message.updated":
             info = p.get("info") or {}
             mid = info.get("id")
             completed = (info.get("time") or {}).get("completed")
-            if info.get("role") == "assistant" and (completed or info.get("error")) and mid not in self.done_messages:
+            if (
+                info.get("role") == "assistant"
+                and (completed or info.get("error"))
+                and mid not in self.done_messages
+            ):
                 self.ended[mid] = info
                 if mid in self.finished_steps:
                     return [self._output(mid)]
         elif ev.type == "permission.asked":
-            return [PermissionAsk(id=str(p.get("id")), permission=str(p.get("permission")),
-                                  patterns=[str(x) for x in p.get("patterns") or []])]
+            return [
+                PermissionAsk(
+                    id=str(p.get("id")),
+                    permission=str(p.get("permission")),
+                    patterns=[str(x) for x in p.get("patterns") or []],
+                )
+            ]
         elif ev.type == "session.error":
             err = p.get("error")
             aborted = isinstance(err, Mapping) and err.get("name") == "MessageAbortedError"
@@ -115,8 +141,15 @@ class EventMapper:
 class OpenCodeAgent:
     """A RunningAgent: one OpenCode server and one session in it, with its event stream open."""
 
-    def __init__(self, service: OpenCodeService | None, client: OpenCodeClient, opencode_session_id: str,
-                 spec: AgentSpec | None, pid: int | None, server_url: str) -> None:
+    def __init__(
+        self,
+        service: OpenCodeService | None,
+        client: OpenCodeClient,
+        opencode_session_id: str,
+        spec: AgentSpec | None,
+        pid: int | None,
+        server_url: str,
+    ) -> None:
         self.service = service
         self.client = client
         self.opencode_session_id = opencode_session_id
@@ -131,8 +164,12 @@ class OpenCodeAgent:
 
     async def prompt(self, text: str) -> None:
         spec = self.spec
-        await self.client.prompt_async(self.opencode_session_id, text, model=spec.model if spec else None,
-                                       system=spec.system if spec else None)
+        await self.client.prompt_async(
+            self.opencode_session_id,
+            text,
+            model=spec.model if spec else None,
+            system=spec.system if spec else None,
+        )
 
     async def events(self) -> AsyncIterator[AgentEvent]:
         mapper = EventMapper(self.opencode_session_id)
@@ -166,9 +203,17 @@ class OpenCodeAgent:
 class OpenCodeBackend:
     """Starts one OpenCode server per agent under `state_root/<session id>`."""
 
-    def __init__(self, state_root: Path, *, model_base_url: str | None = None,
-                 provider: Mapping[str, Any] | None = None, model: str | None = None, isolated: bool = True,
-                 npm_cache: Path | None = None, stop_grace: float = 3.0) -> None:
+    def __init__(
+        self,
+        state_root: Path,
+        *,
+        model_base_url: str | None = None,
+        provider: Mapping[str, Any] | None = None,
+        model: str | None = None,
+        isolated: bool = True,
+        npm_cache: Path | None = None,
+        stop_grace: float = 3.0,
+    ) -> None:
         self.state_root = Path(state_root)
         self.model_base_url = model_base_url
         self.provider = provider
@@ -183,12 +228,23 @@ class OpenCodeBackend:
         self.recycled = 0
 
     def _config(self, permission: Mapping[str, Any] | None, mcp: Mapping[str, Any] | None) -> dict[str, Any]:
-        return build_agent_config(model_base_url=self.model_base_url, provider=None if self.model_base_url else
-                                  self.provider, model=self.model, permission=permission, mcp=mcp)
+        return build_agent_config(
+            model_base_url=self.model_base_url,
+            provider=None if self.model_base_url else self.provider,
+            model=self.model,
+            permission=permission,
+            mcp=mcp,
+        )
 
     def _service(self, workdir: str, state_dir: Path, config: dict[str, Any]) -> OpenCodeService:
-        return OpenCodeService(workdir, state_dir, config=config, mode="isolated" if self.isolated else "production",
-                               npm_cache=self.npm_cache, stop_grace=self.stop_grace)
+        return OpenCodeService(
+            workdir,
+            state_dir,
+            config=config,
+            mode="isolated" if self.isolated else "production",
+            npm_cache=self.npm_cache,
+            stop_grace=self.stop_grace,
+        )
 
     async def start(self, spec: AgentSpec) -> OpenCodeAgent:
         mcp = {MCP_NAME: remote_mcp(spec.mcp_url, spec.mcp_token)} if spec.mcp_url else None
@@ -202,12 +258,21 @@ class OpenCodeBackend:
             agent = OpenCodeAgent(service, client, "", spec, info.pid, info.url)
             # the event stream opens while the session is created: both must be ready before the prompt
             session, _ = await asyncio.gather(
-                client.create_session(spec.title, metadata=spec.metadata,
-                                      permission=session_permission_rules(spec.permission)),
-                agent.open_events())
+                client.create_session(
+                    spec.title, metadata=spec.metadata, permission=session_permission_rules(spec.permission)
+                ),
+                agent.open_events(),
+            )
             agent.opencode_session_id = session["id"]
-            _write_private(state_dir / "server.json", {"url": info.url, "pid": info.pid, "password": info.password,
-                                                        "opencode_session_id": session["id"]})
+            _write_private(
+                state_dir / "server.json",
+                {
+                    "url": info.url,
+                    "pid": info.pid,
+                    "password": info.password,
+                    "opencode_session_id": session["id"],
+                },
+            )
         except BaseException:
             if agent is not None:
                 await agent.close()  # closes the event stream and stops the server
@@ -216,8 +281,9 @@ class OpenCodeBackend:
             raise
         return agent
 
-    async def attach(self, server_url: str, opencode_session_id: str, pid: int | None,
-                     session_id: str) -> OpenCodeAgent | None:
+    async def attach(
+        self, server_url: str, opencode_session_id: str, pid: int | None, session_id: str
+    ) -> OpenCodeAgent | None:
         """Re-attach to a server that outlived a restart of the engine (None when it is gone)."""
         creds_path = self.state_root / session_id / "server.json"
         try:
@@ -257,8 +323,11 @@ class OpenCodeBackend:
                 await self._discovery.stop(abort_sessions=False)  # recycled: a fresh one starts below
                 self._discovery = None
             if self._discovery is None:
-                workdir = project_directory if project_directory and os.path.isdir(project_directory) else str(
-                    self.state_root)
+                workdir = (
+                    project_directory
+                    if project_directory and os.path.isdir(project_directory)
+                    else str(self.state_root)
+                )
                 self.state_root.mkdir(parents=True, exist_ok=True)
                 svc = self._service(workdir, self.state_root / "_discovery", self._config(None, None))
                 await svc.start()

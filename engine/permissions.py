@@ -129,7 +129,10 @@ class PermissionPolicy:
             actions = [_pattern_action(rule, p) for p in (patterns or ["*"])]
             if all(a == "allow" for a in actions):
                 return "once", self.reasons.get(permission, "allowed by the delegation")
-            return "reject", f"{permission} of {', '.join(patterns or ['*'])} is denied by the delegation's rules"
+            return (
+                "reject",
+                f"{permission} of {', '.join(patterns or ['*'])} is denied by the delegation's rules",
+            )
         if rule == "allow":
             return "once", self.reasons.get(permission, "allowed by the delegation")
         if rule is None:

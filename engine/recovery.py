@@ -34,9 +34,16 @@ async def recover(ledger: Ledger, backend: AgentBackend) -> dict[str, Any]:
         if agent is not None:
             attached.append((st.session_id, agent))
             continue
-        reason = ("the engine restarted before this delegation started" if st.status != "running" else
-                  "the engine restarted and the agent's OpenCode server or session is gone")
+        reason = (
+            "the engine restarted before this delegation started"
+            if st.status != "running"
+            else "the engine restarted and the agent's OpenCode server or session is gone"
+        )
         await record(ledger, st.session_id, SessionInterrupted(session_id=st.session_id, reason=reason))
         interrupted.append(st.session_id)
-    return {"replay_drift": len(check.drift), "repaired": repaired, "attached": attached,
-            "interrupted": interrupted}
+    return {
+        "replay_drift": len(check.drift),
+        "repaired": repaired,
+        "attached": attached,
+        "interrupted": interrupted,
+    }

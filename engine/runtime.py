@@ -30,8 +30,12 @@ from ledger.paths import APP
 
 def configure_telemetry() -> None:
     """logfire spans at the edges; nothing leaves the machine without a token."""
-    logfire.configure(send_to_logfire="if-token-present", service_name="delegation-ledger", console=False,
-                      inspect_arguments=False)
+    logfire.configure(
+        send_to_logfire="if-token-present",
+        service_name="delegation-ledger",
+        console=False,
+        inspect_arguments=False,
+    )
 
 
 class Engine:
@@ -53,8 +57,14 @@ class Engine:
         constitution = load_constitution_file(s)  # refused loudly when broken, before anything starts
         self.ledger = Ledger.init(s.db_path) if not s.db_path.exists() else Ledger.open(s.db_path)
         state_root = s.work_dir or Path(platformdirs.user_state_dir(APP)) / "agents"
-        backend = OpenCodeBackend(state_root, model_base_url=self.model_base_url, provider=s.provider_config,
-                                  model=s.model, isolated=s.isolated, stop_grace=s.stop_grace_s)
+        backend = OpenCodeBackend(
+            state_root,
+            model_base_url=self.model_base_url,
+            provider=s.provider_config,
+            model=s.model,
+            isolated=s.isolated,
+            stop_grace=s.stop_grace_s,
+        )
         self.service = DelegationService(self.ledger, s, backend, constitution, tokens=self.tokens)
         self.mcp = build_server(self.service)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -72,7 +82,7 @@ class Engine:
         self.agent_mcp_url = f"http://{s.agent_mcp_host}:{port}/mcp"
         self.service.agent_mcp_url = self.agent_mcp_url
         self.operator_token = secrets.token_urlsafe(32)
-        self.tokens._by_token[self.operator_token] = OPERATOR  # noqa: SLF001 - the operator's own token
+        self.tokens._by_token[self.operator_token] = OPERATOR
         source = str(s.constitution_path) if s.constitution_path else None
         await self.service.record_constitution(source)
         self.recovery = await recover(self.ledger, backend)

@@ -97,9 +97,16 @@ class DelegationService:
         current = self.constitution.ruleset_hash
         if last is not None and (last.data() or {}).get("ruleset_hash") == current:
             return
-        await record(self.ledger, "ledger", ConstitutionLoaded(
-            ruleset_hash=current, profile=self.constitution.profile, source=source,
-            document={"rules_version": gate.RULES_VERSION, **self.constitution.model_dump(mode="json")}))
+        await record(
+            self.ledger,
+            "ledger",
+            ConstitutionLoaded(
+                ruleset_hash=current,
+                profile=self.constitution.profile,
+                source=source,
+                document={"rules_version": gate.RULES_VERSION, **self.constitution.model_dump(mode="json")},
+            ),
+        )
 
     async def _finished(self, session_id: str) -> None:
         self.tokens.revoke(session_id)
@@ -123,10 +130,18 @@ class DelegationService:
         known = frozenset(self.roles(project))
         ctx = build_context(self.ledger, raw, parent, known)
         now = self.clock()
-        facts = {"known_roles": sorted(known), "parents": [h.session_id for h in ctx.parents],
-                 "directory": None if ctx.directory is None else {
-                     "path": ctx.directory.path, "exists": ctx.directory.exists, "is_dir": ctx.directory.is_dir,
-                     "real_path": ctx.directory.real_path}}
+        facts = {
+            "known_roles": sorted(known),
+            "parents": [h.session_id for h in ctx.parents],
+            "directory": None
+            if ctx.directory is None
+            else {
+                "path": ctx.directory.path,
+                "exists": ctx.directory.exists,
+                "is_dir": ctx.directory.is_dir,
+                "real_path": ctx.directory.real_path,
+            },
+        }
         return gate.evaluate(raw, ctx, now, self.constitution), now, facts
 
     async def spawn(
@@ -141,14 +156,18 @@ class DelegationService:
         session_id = str(uuid.uuid4())
         with logfire.span(
             # `delegation_id`, not `session_id`: logfire's default scrubbing blanks keys matching 'session'
-            "delegation.spawn", delegation_id=session_id, parent=parent, role=str(raw.get("role"))
+            "delegation.spawn",
+            delegation_id=session_id,
+            parent=parent,
+            role=str(raw.get("role")),
         ):
             try:
                 request_copy = dict(raw)
                 canonical_bytes(request_copy)
             except PayloadError:
                 request_copy = {"unrepresentable": repr(raw)[:4000]}
-            await record(self.ledger,
+            await record(
+                self.ledger,
                 session_id,
                 DelegationRequested(
                     request=request_copy,
@@ -162,7 +181,8 @@ class DelegationService:
                 span.set_attribute("decision", verdict.decision)
                 span.set_attribute("rules", [f.rule for f in verdict.violations])
             depth = 0 if parent is None else (self.ledger.session(parent).depth + 1)  # type: ignore[union-attr]
-            await record(self.ledger,
+            await record(
+                self.ledger,
                 session_id,
                 GateDecided(
                     verdict=verdict,
@@ -274,8 +294,10 @@ class DelegationService:
         st = self.check_access(caller, session_id)
         if st.status in TERMINAL_STATUSES:
             raise SessionNotRunning(f"session {session_id} is {st.status}; spawn a new delegation instead")
-        await record(self.ledger,
-            session_id, MessageSent(session_id=session_id, text=text, sender=caller or "delegator")
+        await record(
+            self.ledger,
+            session_id,
+            MessageSent(session_id=session_id, text=text, sender=caller or "delegator"),
         )
         await self.manager.send(session_id, text)
 
@@ -306,7 +328,8 @@ class DelegationService:
         """Revoke a delegation and its whole subtree: record it, then stop every live agent in it."""
         self.check_access(by, session_id)
         subtree = self.subtree(session_id)
-        await record(self.ledger,
+        await record(
+            self.ledger,
             session_id,
             DelegationRevoked(session_id=session_id, by=by or "delegator", reason=reason, subtree=subtree),
         )
@@ -343,10 +366,32 @@ def readopt(service: DelegationService, session_id: str, agent: Any) -> None:
         raise UnknownSession(session_id)
     req = SpawnRequest.model_validate(raw)
     policy = PermissionPolicy.from_request(req)
-    spec = AgentSpec(session_id=session_id, role=req.role, title=req.title or req.role, prompt="",
-                     project_directory=req.project_directory, model=req.model, permission=policy.opencode_config())
-    spawned = AgentSpawned(session_id=session_id, task_id=st.task_id, role=st.role,
-                           parent_session_id=st.parent_session_id, root_session_id=st.root_session_id,
-                           depth=st.depth, principal=st.principal or st.role, delegator=st.delegator or "unknown")
-    service.manager.adopt(Supervised(session_id=session_id, spec=spec, policy=policy, spawned=spawned,
-                                     timeout_s=req.timeout_seconds or service.settings.default_timeout_s), agent)
+    spec = AgentSpec(
+        session_id=session_id,
+        role=req.role,
+        title=req.title or req.role,
+        prompt="",
+        project_directory=req.project_directory,
+        model=req.model,
+        permission=policy.opencode_config(),
+    )
+    spawned = AgentSpawned(
+        session_id=session_id,
+        task_id=st.task_id,
+        role=st.role,
+        parent_session_id=st.parent_session_id,
+        root_session_id=st.root_session_id,
+        depth=st.depth,
+        principal=st.principal or st.role,
+        delegator=st.delegator or "unknown",
+    )
+    service.manager.adopt(
+        Supervised(
+            session_id=session_id,
+            spec=spec,
+            policy=policy,
+            spawned=spawned,
+            timeout_s=req.timeout_seconds or service.settings.default_timeout_s,
+        ),
+        agent,
+    )

@@ -328,7 +328,8 @@ class TestWitness:
         conn.commit()
         conn.close()
         report = ledger.verify()
-        assert report.broken is not None and report.broken.problem == "truncated_tail"
+        assert report.broken is not None
+        assert report.broken.problem == "truncated_tail"
 
     def test_checkpoint_kept_elsewhere_can_be_given(self, ledger: Ledger, tmp_path: Path) -> None:
         """A checkpoint published elsewhere is checked when handed to verify (extra_checkpoints)."""
@@ -344,7 +345,8 @@ class TestWitness:
         assert ledger.verify().ok  # nothing left to compare with: only a warning
         outside = read_witness_note(tmp_path, published.note)
         report = ledger.verify(extra_checkpoints=[outside])
-        assert report.broken is not None and report.broken.problem == "truncated_tail"
+        assert report.broken is not None
+        assert report.broken.problem == "truncated_tail"
 
 
 def read_witness_note(folder: Path, text: str) -> Any:
