@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from cli.options import STATE
+from cli.options import STATE, AllowRootOpt, ConstitutionOpt
 from cli.render import err, fail
 
 
@@ -38,19 +38,8 @@ def serve(
             help="Bearer token the main agent uses over HTTP (default: generated, printed on stderr).",
         ),
     ] = None,
-    constitution: Annotated[
-        Path | None,
-        typer.Option("--constitution", envvar="LEDGER_CONSTITUTION", help="Constitution file (TOML)."),
-    ] = None,
-    allow_root: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--allow-root",
-            help="Allowed project root when no "
-            "constitution file is used (repeatable; default: the "
-            "current directory).",
-        ),
-    ] = None,
+    constitution: ConstitutionOpt = None,
+    allow_root: AllowRootOpt = None,
     max_concurrent: Annotated[
         int, typer.Option("--max-concurrent", min=1, help="Agents running at once.")
     ] = 5,

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 import gate
-from cli.options import STATE, want_json
+from cli.options import STATE, AllowRootOpt, ConstitutionOpt, want_json
 from cli.render import emit_json, fail, out, table
 from engine.chain_context import build_context
 from engine.roles import load_catalogue
@@ -47,16 +47,8 @@ def check(
         str | None, typer.Option("--profile", help="default | strict (overrides the file).")
     ] = None,
     parent: Annotated[str | None, typer.Option("--parent", help="Judge as a child of this session.")] = None,
-    constitution: Annotated[
-        Path | None,
-        typer.Option("--constitution", envvar="LEDGER_CONSTITUTION", help="Constitution file (TOML)."),
-    ] = None,
-    allow_root: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--allow-root", help="Allowed project root when no constitution file is used (repeatable)."
-        ),
-    ] = None,
+    constitution: ConstitutionOpt = None,
+    allow_root: AllowRootOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Judge a request against the current ledger and constitution, recording nothing: exit 0 approved, 1 refused."""

@@ -6,6 +6,9 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from cli.render import fail
 from ledger import Ledger, LedgerError
@@ -33,6 +36,20 @@ class State:
 
 
 STATE = State()
+
+#: options shared by the commands that load the constitution (serve, gate check, audit)
+ConstitutionOpt = Annotated[
+    Path | None,
+    typer.Option("--constitution", envvar="LEDGER_CONSTITUTION", help="Constitution file (TOML)."),
+]
+AllowRootOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--allow-root",
+        help="Allowed project root when no constitution file is used (repeatable; serve defaults to the "
+        "current directory).",
+    ),
+]
 
 
 def want_json(flag: bool) -> bool:

@@ -202,15 +202,19 @@ class Ledger:
             raise PayloadError(f"event type longer than {MAX_TYPE_BYTES} bytes")
         return Pending(stream, type_, payload, data)
 
-    def append(self, stream: str, event: BaseModel | Mapping[str, Any]) -> Entry:
-        """Append one event and return its entry once it is durably committed."""
-        p = self._pending(stream, event)
+    def _commit(self, p: Pending) -> None:
+        """Hand one append (or group) to the writer and wait until it is durably committed or failed."""
         p.lock = threading.Lock()
         p.lock.acquire()
         self._writer.submit(p)
         p.lock.acquire()
         if p.error is not None:
             raise p.error
+
+    def append(self, stream: str, event: BaseModel | Mapping[str, Any]) -> Entry:
+        """Append one event and return its entry once it is durably committed."""
+        p = self._pending(stream, event)
+        self._commit(p)
         assert p.entry is not None
         return p.entry
 
@@ -230,12 +234,7 @@ class Ledger:
             return []
         group = Pending(LEDGER_STREAM, "", b"", None)
         group.members = members
-        group.lock = threading.Lock()
-        group.lock.acquire()
-        self._writer.submit(group)
-        group.lock.acquire()
-        if group.error is not None:
-            raise group.error
+        self._commit(group)
         return [m.entry for m in members]  # type: ignore[misc]
 
     # -- reading -----------------------------------------------------------------------------
@@ -460,12 +459,7 @@ class Ledger:
         p = Pending(LEDGER_STREAM, "ledger.pruned", b"", None)
         p.build = build
         p.effect = prune_mod.null_payloads([sid for sid, _ in chosen], upto)
-        p.lock = threading.Lock()
-        p.lock.acquire()
-        self._writer.submit(p)
-        p.lock.acquire()
-        if p.error is not None:
-            raise p.error
+        self._commit(p)
         if self._signer is not None:
             self.checkpoint(trigger="prune")
         self.compact()
