@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+from ledger.canonical import load_payload
 
 
 def us_to_datetime(us: int) -> datetime:
@@ -40,7 +41,7 @@ class Entry:
 
     def data(self) -> dict[str, Any] | None:
         """The payload as a dict (None when pruned)."""
-        return None if self.payload is None else json.loads(self.payload)
+        return None if self.payload is None else load_payload(self.payload)
 
     def to_json(self) -> dict[str, Any]:
         """Export form (also the archive line form): bytes as hex, payload as its canonical text."""

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ledger.canonical import load_payload
+from ledger.errors import StorageError
 from ledger.projections import PROJECTED_TYPES, DictSessions, Projector
 from ledger.sqlite_schema import ENTRY_FROM
 
@@ -49,14 +51,20 @@ def rebuild(
         types,
     )
     cursor.arraysize = 2000
-    loads = json.loads
+    loads = load_payload
     n = 0
-    for seq, stream, type_, payload, at in cursor:
-        store.seq = seq
-        apply(store, stream, type_, loads(payload), at)
-        n += 1
-        if progress is not None and not n & 0x3FFF:
-            progress(n)
+    try:
+        for seq, stream, type_, payload, at in cursor:
+            store.seq = seq
+            apply(store, stream, type_, loads(payload), at)
+            n += 1
+            if progress is not None and not n & 0x3FFF:
+                progress(n)
+    except (sqlite3.OperationalError, ValueError) as exc:
+        raise StorageError(
+            f"replay could not read the entry after seq {store.seq}: {exc}; the file may have "
+            "been tampered with (run `ledger verify`)"
+        ) from exc
     # ledger.pruned snapshots were applied in order above; nothing else to restore
     return store, n
 

@@ -15,10 +15,6 @@ from ledger.sqlite_schema import DDL, ENTRY_COLUMNS, ENTRY_FROM, FORMAT_VERSION
 from ledger.writer import translate
 
 
-def _decode_text(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
-
-
 def connect(path: Path, *, durable: bool = True, readonly: bool = False) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), WAL, FULL sync when durable."""
     try:
@@ -27,9 +23,6 @@ def connect(path: Path, *, durable: bool = True, readonly: bool = False) -> sqli
         else:
             conn = sqlite3.connect(path, isolation_level=None, timeout=60, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
-        # Text that is not valid UTF-8 (a corrupted stream name or type) must reach verify, which reports the
-        # entry, instead of failing the read: undecodable bytes are kept as surrogate escapes.
-        conn.text_factory = _decode_text
         conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         conn.execute("PRAGMA busy_timeout=60000")
         conn.execute("PRAGMA temp_store=MEMORY")
@@ -121,10 +114,19 @@ def iter_entries(
         cursor.arraysize = 1000
     except sqlite3.Error as exc:
         raise translate(exc, "could not read entries") from exc
-    if contiguous:
-        prev_row = conn.execute("SELECT hash FROM entries WHERE seq = ?", (start - 1,)).fetchone()
-        yield from _entries_with_prev(iter(cursor), prev_row[0] if prev_row else bytes(32))
-        return
+    try:
+        if contiguous:
+            prev_row = conn.execute("SELECT hash FROM entries WHERE seq = ?", (start - 1,)).fetchone()
+            yield from _entries_with_prev(iter(cursor), prev_row[0] if prev_row else bytes(32))
+            return
+        yield from _filtered(conn, cursor)
+    except sqlite3.OperationalError as exc:
+        raise StorageError(
+            f"could not read entries: {exc}; the file may have been tampered with (run `ledger verify`)"
+        ) from exc
+
+
+def _filtered(conn: sqlite3.Connection, cursor: sqlite3.Cursor) -> Iterator[Entry]:
     for seq, stream_name, type_, at, payload, salt, phash, h in cursor:
         prev_row = conn.execute("SELECT hash FROM entries WHERE seq = ?", (seq - 1,)).fetchone()
         yield Entry(
@@ -133,7 +135,13 @@ def iter_entries(
 
 
 def iter_rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
-    """Every stored entry as a plain row, in seq order (the verifier's fast path)."""
+    """Every stored entry as a plain row, in seq order (the verifier's fast path).
+
+    Text columns come back as raw bytes: the chain hashes the bytes anyway, and a stream name or type
+    corrupted into invalid UTF-8 must reach the verifier (which names the entry) instead of failing
+    the read. Give this its own connection.
+    """
+    conn.text_factory = bytes
     try:
         cursor = conn.execute(f"SELECT {ENTRY_COLUMNS} FROM {ENTRY_FROM} ORDER BY e.seq")
     except sqlite3.Error as exc:

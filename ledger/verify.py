@@ -12,7 +12,7 @@ import hashlib
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ledger import chain
 from ledger.checkpoint import Verifier, parse_checkpoint_body
@@ -131,9 +131,13 @@ Row = tuple[int, str, str, int, "bytes | None", "bytes | None", bytes, bytes]
 """(seq, stream, type, recorded_at_us, payload, salt, payload_hash, hash): an entry as stored."""
 
 
+def _text(value: Any) -> Any:
+    return value.decode("utf-8", "surrogateescape") if type(value) is bytes else value
+
+
 def _entry(row: Row, prev: bytes) -> Entry:
     seq, stream, type_, at, payload, salt, phash, h = row
-    return Entry(seq, stream, type_, at, payload, salt, phash, prev, h)
+    return Entry(seq, _text(stream), _text(type_), at, payload, salt, phash, prev, h)
 
 
 def verify_entries(
@@ -238,7 +242,9 @@ def verify_rows(
             if st is None:
                 if len(names) > 4096:
                     names.clear()  # bounded: memory stays constant whatever the ledger's size
-                sb, tb = stream.encode(), type_.encode()
+                # stored rows carry bytes (see sqlite_store.iter_rows); entries handed in carry str
+                sb = stream if type(stream) is bytes else stream.encode()
+                tb = type_ if type(type_) is bytes else type_.encode()
                 st = names[key] = len(sb).to_bytes(2, "big") + sb + bytes((len(tb),)) + tb
             if sha256(b"".join((ed, prev, pack(seq, at), st, phash))).digest() != h:
                 report.broken = _classify(prev, _entry(row, prev), _next_entry(it, h))

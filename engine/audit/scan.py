@@ -10,7 +10,6 @@ engine handed the gate at the time.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -19,6 +18,7 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 from ledger import Entry, Ledger, VerifyReport, verify_entries
+from ledger.canonical import load_payload
 from ledger.entry import Head
 from ledger.projections import PROJECTED_TYPES, DictSessions, Projector
 from ledger.verify import StoredCheckpoint
@@ -148,7 +148,7 @@ def iso_us(us: int) -> str:
 
 def _read(out: LedgerScan, entries: Iterable[Entry], decisions: list[Ev]) -> Iterator[Entry]:
     """Index every entry into `out` while handing it on (to the verifier)."""
-    loads = json.loads
+    loads = load_payload  # canonical UTF-8 bytes: no per-call encoding sniffing
     kept = {
         "gate.decided": decisions,
         "constitution.loaded": out.constitutions,
