@@ -84,8 +84,10 @@ async def main_async(rounds: int) -> dict[str, Any]:
     r: dict[str, Any] = {"rounds": rounds}
     try:
         with ScriptedModel() as model:
-            for i in range(rounds + 20):
+            for i in range(rounds + 10):
                 model.add([TextStep(text="done")], match=f"M{i}:")
+            for i in range(rounds + 10, rounds + 20):
+                model.add([TextStep(text="done", delay=3.0)], match=f"M{i}:")
             model.add([TextStep(text="done")], match="M-warm:")
             await raw_start(model, tmp, 99)  # warm-up: the first start of a process pays for cold caches
             settings = EngineSettings(
@@ -123,6 +125,14 @@ async def main_async(rounds: int) -> dict[str, Any]:
                 t = time.perf_counter()
                 await asyncio.gather(*(one(i) for i in range(rounds + 5, rounds + 10)))
                 concurrent = time.perf_counter() - t
+                # the same with a model that takes 3 s to answer, as hosted models do
+                t = time.perf_counter()
+                for i in range(rounds + 10, rounds + 15):
+                    await one(i)
+                serial_slow = time.perf_counter() - t
+                t = time.perf_counter()
+                await asyncio.gather(*(one(i) for i in range(rounds + 15, rounds + 20)))
+                concurrent_slow = time.perf_counter() - t
         r["raw_opencode_start_plus_session_ms"] = round(median(raw) * 1000, 1)
         r["our_spawn_until_session_accepted_ms"] = round(median(ours) * 1000, 1)
         r["spawn_overhead_ms"] = round((median(ours) - median(raw)) * 1000, 1)
@@ -137,6 +147,9 @@ async def main_async(rounds: int) -> dict[str, Any]:
         r["serial_5_s"] = round(serial, 2)
         r["concurrent_5_s"] = round(concurrent, 2)
         r["concurrent_5_vs_serial"] = round(concurrent / serial, 3)
+        r["serial_5_with_3s_replies_s"] = round(serial_slow, 2)
+        r["concurrent_5_with_3s_replies_s"] = round(concurrent_slow, 2)
+        r["concurrent_5_vs_serial_with_3s_replies"] = round(concurrent_slow / serial_slow, 3)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return r
