@@ -11,8 +11,8 @@ import typer
 from cli.options import STATE, parse_duration, parse_when, want_json
 from cli.render import emit_json, err, fail, out, progress, table
 from ledger import Ledger, LedgerError
-from ledger.api import read_witness
 from ledger.checkpoint import load_verifier
+from ledger.witness import read_witness
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 

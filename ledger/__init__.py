@@ -4,9 +4,10 @@
 append, read, checkpoint, verify), `verify_entries` (any iterable of entries) and the errors.
 """
 
-from ledger.api import LEDGER_STREAM, Ledger, encode_event
+from ledger.api import Ledger
 from ledger.canonical import canonical_bytes
-from ledger.entry import Entry, Head
+from ledger.encoding import encode_event
+from ledger.entry import LEDGER_STREAM, Entry, Head
 from ledger.errors import (
     ArchiveError,
     LedgerClosed,

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-import os
 import threading
 import time
 import uuid
@@ -19,96 +17,26 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from ledger import prune as prune_mod
 from ledger import replay as replay_mod
 from ledger import sqlite_store as store
-from ledger.archive import ArchiveReport, verify_archive, write_archive
-from ledger.canonical import canonical_bytes
+from ledger.archive import ArchiveReport, verify_archive
 from ledger.chain import MAX_STREAM_BYTES, MAX_TYPE_BYTES
 from ledger.checkpoint import Checkpoint, Signer, Verifier, load_signer, load_verifier, write_key_pair
-from ledger.entry import Entry, Head
-from ledger.errors import LedgerError, PayloadError, PruneError, SigningKeyError, StorageError
+from ledger.encoding import encode_event
+from ledger.entry import LEDGER_STREAM, Entry, Head
+from ledger.errors import LedgerError, PayloadError, SigningKeyError, StorageError
 from ledger.merkle import CompactRange
 from ledger.paths import key_path_for
 from ledger.prune import PruneReport
 from ledger.replay import ReplayReport
 from ledger.verify import StoredCheckpoint, VerifyReport, verify_rows
+from ledger.witness import read_witness, write_witness
 from ledger.writer import Pending, Writer
-from schemas.events import CheckpointSigned, Pruned, parse_event_payload
+from schemas.events import CheckpointSigned
 from schemas.state import SessionState
-
-LEDGER_STREAM = "ledger"
-
-
-def read_witness(path: Path) -> StoredCheckpoint | None:
-    """A checkpoint note kept in a file (the witness copy, or one published elsewhere); None if absent."""
-    try:
-        note = Path(path).read_text()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise SigningKeyError(f"checkpoint file {path} is unreadable: {exc}") from exc
-    lines = note.split("\n")
-    if len(lines) < 2 or not lines[1].isdigit():
-        raise SigningKeyError(f"{path} is not a checkpoint note (expected origin, then size on line 2)")
-    return StoredCheckpoint(int(lines[1]), note)
-
-
-def _describe_validation(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:5]:
-        loc = ".".join(str(x) for x in err["loc"]) or "(payload)"
-        parts.append(f"{loc}: {err['msg']} (got {err.get('input')!r:.80})")
-    return "; ".join(parts)
-
-
-def _non_finite(value: Any, path: str) -> tuple[str, float] | None:
-    """(path, value) of the first NaN or infinite float inside a model or container, else None."""
-    if isinstance(value, float):
-        return None if math.isfinite(value) else (path or "(payload)", value)
-    if isinstance(value, BaseModel):
-        items: Any = ((k, getattr(value, k)) for k in type(value).model_fields)
-    elif isinstance(value, Mapping):
-        items = value.items()
-    elif isinstance(value, list | tuple):
-        items = enumerate(value)
-    else:
-        return None
-    for key, item in items:
-        found = _non_finite(item, f"{path}.{key}" if path else str(key))
-        if found is not None:
-            return found
-    return None
-
-
-def encode_event(event: BaseModel | Mapping[str, Any]) -> tuple[str, bytes, dict[str, Any]]:
-    """(type, canonical bytes, JSON data) of an event model or a payload dict with a `type`."""
-    if isinstance(event, BaseModel):
-        model = event
-    else:
-        try:
-            model = parse_event_payload(dict(event))
-        except ValidationError as exc:
-            raise PayloadError(
-                f"invalid {event.get('type', 'event')!r} payload: {_describe_validation(exc)}"
-            ) from exc
-    # the models keep NaN/Infinity as floats when dumped (ser_json_inf_nan="constants"), so the
-    # canonical encoder refuses them; the walk below only runs then, to name the field
-    data = model.model_dump(mode="json")
-    type_ = data.get("type")
-    if not isinstance(type_, str) or not type_:
-        raise PayloadError(f"payload has no 'type' (expected one of the event types, got {type_!r})")
-    try:
-        return type_, canonical_bytes(data), data
-    except PayloadError:
-        bad = _non_finite(model, "")
-        if bad is not None:
-            raise PayloadError(
-                f"payload field {bad[0]} holds {bad[1]!r}, which JSON cannot represent"
-            ) from None
-        raise
 
 
 class Ledger:
@@ -312,17 +240,7 @@ class Ledger:
         return self.key_path.with_suffix(".checkpoint")
 
     def _write_witness(self, cp: Checkpoint) -> None:
-        path = self.witness_path
-        current = read_witness(path)
-        if current is not None and current.size > cp.size:
-            return
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(cp.note)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_witness(self.witness_path, cp.size, cp.note)
 
     def checkpoint(self, trigger: str = "manual", audit_report_sha256: str | None = None) -> Checkpoint:
         """Sign the current head, store the checkpoint and record it as an event."""
@@ -387,84 +305,7 @@ class Ledger:
         now: datetime | None = None,
     ) -> PruneReport:
         """Archive then remove payloads of terminal sessions older than `cutoff`; headers and hashes stay."""
-        now = now or datetime.now(UTC)
-        if cutoff.tzinfo is None:
-            raise PruneError(f"cutoff {cutoff.isoformat()} has no timezone")
-        if cutoff > now:
-            raise PruneError(f"cutoff {cutoff.isoformat()} is in the future (now is {now.isoformat()})")
-        report = PruneReport(
-            cutoff=cutoff.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-            dry_run=dry_run,
-            db_bytes_before=prune_mod.file_bytes(self.path),
-        )
-        conn = self._reader()
-        # Only entries up to the current head are archived and stripped: an entry another writer appends to a
-        # chosen stream while the archive is written must keep its payload, since the archive lacks it.
-        upto = store.read_head(conn).size
-        chosen, sessions, report.skipped_active = prune_mod.choose_streams(conn, cutoff)
-        report.sessions, report.streams = sessions, len(chosen)
-        names = [name for _, name in chosen]
-        for batch_start in range(0, len(names), 500):
-            for e in store.iter_entries(conn, stop=upto, streams=names[batch_start : batch_start + 500]):
-                if e.payload is not None:
-                    report.entries += 1
-                    report.payload_bytes += len(e.payload)
-        if dry_run or not chosen:
-            report.db_bytes_after = report.db_bytes_before
-            return report
-        if archive is None:
-            stamp = now.strftime("%Y%m%dT%H%M%SZ")
-            archive = self.path.with_name(f"{self.path.stem}.pruned-{stamp}.jsonl.gz")
-        header = {
-            "origin": self.origin,
-            "ledger_id": self.ledger_id,
-            "cutoff": report.cutoff,
-            "created_at": now.isoformat().replace("+00:00", "Z"),
-            "sessions": sessions,
-        }
-
-        def archived() -> Iterator[Entry]:
-            for batch_start in range(0, len(names), 500):
-                for e in store.iter_entries(conn, stop=upto, streams=names[batch_start : batch_start + 500]):
-                    if e.payload is not None:
-                        yield e
-
-        written, digest = write_archive(Path(archive), header, archived())
-        report.archive, report.archive_sha256 = str(archive), digest
-        # Pruned events also changed other sessions (a spawn adds to the parent's children, an output rolls up
-        # into every ancestor, a revocation ends a subtree): snapshot the whole delegation tree of each pruned
-        # session, or replay, which cannot fold pruned payloads, would drift on those relatives.
-        pruned_ids = set(sessions)
-
-        def build(conn: Any, projections: Any) -> tuple[bytes, dict[str, Any]]:
-            # runs inside the prune's own transaction: the snapshots are the states as of this very append
-            snapshots = []
-            for sid in prune_mod.related_sessions(conn, sessions):
-                state = projections.get(sid)
-                if state is not None:
-                    snapshots.append(
-                        {"session_id": sid, "state": prune_mod.redact(state) if sid in pruned_ids else state}
-                    )
-            event = Pruned(
-                cutoff=cutoff,
-                entries=written,
-                payload_bytes=report.payload_bytes,
-                sessions=snapshots,
-                archive=str(archive),
-                archive_sha256=digest,
-            )  # type: ignore[arg-type]
-            _, payload, data = encode_event(event)
-            return payload, data
-
-        p = Pending(LEDGER_STREAM, "ledger.pruned", b"", None)
-        p.build = build
-        p.effect = prune_mod.null_payloads([sid for sid, _ in chosen], upto)
-        self._commit(p)
-        if self._signer is not None:
-            self.checkpoint(trigger="prune")
-        self.compact()
-        report.db_bytes_after = prune_mod.file_bytes(self.path)
-        return report
+        return prune_mod.run(self, cutoff, archive=archive, dry_run=dry_run, now=now)
 
     def compact(self) -> None:
         """VACUUM and truncate the WAL so freed pages leave the file."""
@@ -486,28 +327,7 @@ class Ledger:
 
     def replay(self, *, check: bool = False, progress: Callable[[int], None] | None = None) -> ReplayReport:
         """Rebuild the projections from the events; with `check`, compare instead of writing."""
-        conn = store.connect(self.path, durable=self.durable)
-        report = ReplayReport(checked=check)
-        try:
-            conn.execute("BEGIN IMMEDIATE" if not check else "BEGIN")
-            sessions, report.folded = replay_mod.rebuild(conn, progress)
-            report.events = store.read_head(conn).size
-            report.sessions = len(sessions)
-            if check:
-                report.drift = replay_mod.compare(
-                    sessions, replay_mod.stored(conn)
-                ) + replay_mod.column_drift(sessions, conn)
-                conn.execute("COMMIT")
-            else:
-                replay_mod.write_sessions(conn, sessions, report.events)
-                conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        finally:
-            conn.close()
-        return report
+        return replay_mod.run(self, check=check, progress=progress)
 
     # -- closing -----------------------------------------------------------------------------
     def close(self) -> None:

@@ -8,6 +8,9 @@ from typing import Any
 
 from ledger.canonical import load_payload
 
+#: the stream of the ledger's own events (checkpoints, prunes, the constitution in force)
+LEDGER_STREAM = "ledger"
+
 
 def us_to_datetime(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1_000_000, tz=UTC)

@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ledger.entry import datetime_to_us
-from schemas.events import TERMINAL_STATUSES
+from ledger import sqlite_store as store
+from ledger.archive import write_archive
+from ledger.encoding import encode_event
+from ledger.entry import LEDGER_STREAM, Entry, datetime_to_us
+from ledger.errors import PruneError
+from ledger.writer import Pending
+from schemas.events import TERMINAL_STATUSES, Pruned
+
+if TYPE_CHECKING:
+    from ledger.api import Ledger
 
 NEVER_PRUNED = frozenset({"ledger"})
 
@@ -140,3 +148,85 @@ def null_payloads(stream_ids: list[int], upto: int) -> Callable[[sqlite3.Connect
 
 def file_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
+
+
+def run(
+    led: Ledger, cutoff: datetime, *, archive: Path | None, dry_run: bool, now: datetime | None
+) -> PruneReport:
+    """The prune itself (see the module docstring for its order of work)."""
+    now = now or datetime.now(UTC)
+    if cutoff.tzinfo is None:
+        raise PruneError(f"cutoff {cutoff.isoformat()} has no timezone")
+    if cutoff > now:
+        raise PruneError(f"cutoff {cutoff.isoformat()} is in the future (now is {now.isoformat()})")
+    report = PruneReport(
+        cutoff=cutoff.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        dry_run=dry_run,
+        db_bytes_before=file_bytes(led.path),
+    )
+    conn = led._reader()
+    # Only entries up to the current head are archived and stripped: an entry another writer appends to a
+    # chosen stream while the archive is written must keep its payload, since the archive lacks it.
+    upto = store.read_head(conn).size
+    chosen, sessions, report.skipped_active = choose_streams(conn, cutoff)
+    report.sessions, report.streams = sessions, len(chosen)
+    names = [name for _, name in chosen]
+    for batch_start in range(0, len(names), 500):
+        for e in store.iter_entries(conn, stop=upto, streams=names[batch_start : batch_start + 500]):
+            if e.payload is not None:
+                report.entries += 1
+                report.payload_bytes += len(e.payload)
+    if dry_run or not chosen:
+        report.db_bytes_after = report.db_bytes_before
+        return report
+    if archive is None:
+        stamp = now.strftime("%Y%m%dT%H%M%SZ")
+        archive = led.path.with_name(f"{led.path.stem}.pruned-{stamp}.jsonl.gz")
+    header = {
+        "origin": led.origin,
+        "ledger_id": led.ledger_id,
+        "cutoff": report.cutoff,
+        "created_at": now.isoformat().replace("+00:00", "Z"),
+        "sessions": sessions,
+    }
+
+    def archived() -> Iterator[Entry]:
+        for batch_start in range(0, len(names), 500):
+            for e in store.iter_entries(conn, stop=upto, streams=names[batch_start : batch_start + 500]):
+                if e.payload is not None:
+                    yield e
+
+    written, digest = write_archive(Path(archive), header, archived())
+    report.archive, report.archive_sha256 = str(archive), digest
+    # Pruned events also changed other sessions (a spawn adds to the parent's children, an output rolls up
+    # into every ancestor, a revocation ends a subtree): snapshot the whole delegation tree of each pruned
+    # session, or replay, which cannot fold pruned payloads, would drift on those relatives.
+    pruned_ids = set(sessions)
+
+    def build(conn: Any, projections: Any) -> tuple[bytes, dict[str, Any]]:
+        # runs inside the prune's own transaction: the snapshots are the states as of this very append
+        snapshots = []
+        for sid in related_sessions(conn, sessions):
+            state = projections.get(sid)
+            if state is not None:
+                snapshots.append({"session_id": sid, "state": redact(state) if sid in pruned_ids else state})
+        event = Pruned(
+            cutoff=cutoff,
+            entries=written,
+            payload_bytes=report.payload_bytes,
+            sessions=snapshots,
+            archive=str(archive),
+            archive_sha256=digest,
+        )  # type: ignore[arg-type]
+        _, payload, data = encode_event(event)
+        return payload, data
+
+    p = Pending(LEDGER_STREAM, "ledger.pruned", b"", None)
+    p.build = build
+    p.effect = null_payloads([sid for sid, _ in chosen], upto)
+    led._commit(p)
+    if led.signer is not None:
+        led.checkpoint(trigger="prune")
+    led.compact()
+    report.db_bytes_after = file_bytes(led.path)
+    return report

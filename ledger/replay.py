@@ -6,12 +6,16 @@ import json
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ledger import sqlite_store
 from ledger.canonical import load_payload
 from ledger.errors import StorageError
 from ledger.projections import PROJECTED_TYPES, DictSessions, Projector
 from ledger.sqlite_schema import ENTRY_FROM
+
+if TYPE_CHECKING:
+    from ledger.api import Ledger
 
 
 @dataclass
@@ -158,3 +162,27 @@ def write_sessions(conn: sqlite3.Connection, sessions: dict[str, dict[str, Any]]
             for sid, st in sessions.items()
         ],
     )
+
+
+def run(led: Ledger, *, check: bool, progress: Callable[[int], None] | None) -> ReplayReport:
+    """Rebuild the projections in one write transaction, or (check) compare them in a read one."""
+    conn = sqlite_store.connect(led.path, durable=led.durable)
+    report = ReplayReport(checked=check)
+    try:
+        conn.execute("BEGIN IMMEDIATE" if not check else "BEGIN")
+        sessions, report.folded = rebuild(conn, progress)
+        report.events = sqlite_store.read_head(conn).size
+        report.sessions = len(sessions)
+        if check:
+            report.drift = compare(sessions, stored(conn)) + column_drift(sessions, conn)
+            conn.execute("COMMIT")
+        else:
+            write_sessions(conn, sessions, report.events)
+            conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    finally:
+        conn.close()
+    return report

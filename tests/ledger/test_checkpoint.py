@@ -350,7 +350,7 @@ class TestWitness:
 
 
 def read_witness_note(folder: Path, text: str) -> Any:
-    from ledger.api import read_witness
+    from ledger.witness import read_witness
 
     path = folder / "published.checkpoint"
     path.write_text(text)
