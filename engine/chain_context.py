@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime
 from typing import Any
 
 from gate import ChainContext, DirectoryFacts, Hop, RemainingBudget
@@ -71,7 +70,7 @@ def build_context(
                 expires_at=expires,
             )
         )
-    revoked = frozenset(s.session_id for s in ledger.sessions() if s.revoked)
+    revoked = ledger.revoked_sessions()
     return ChainContext(
         parents=tuple(hops),
         revoked_sessions=revoked,
@@ -79,7 +78,3 @@ def build_context(
         known_roles=known_roles,
         ledger_head=ledger.head().hex,
     )
-
-
-def parse_time(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value.replace("Z", "+00:00"))

@@ -24,7 +24,7 @@ from pydantic import Field, ValidationError
 from engine.refusals import DelegationError
 from engine.service import DelegationService
 from engine.tokens import SessionTokens, SessionTokenVerifier
-from schemas.events import TERMINAL_STATUSES
+from schemas.events import LIVE_STATUSES
 
 Str = Annotated[str, Field(min_length=1)]
 SPAWN_TOOLS = frozenset({"spawn_agent", "delegate"})
@@ -245,8 +245,7 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
                     "cost_usd",
                 }
             )
-            for s in service.ledger.sessions()
-            if s.status not in TERMINAL_STATUSES
+            for s in service.ledger.sessions(statuses=LIVE_STATUSES)
         ]
         return {"sessions": active, "stats": service.manager.statistics()}
 

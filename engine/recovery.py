@@ -12,7 +12,7 @@ from typing import Any
 from engine.backend import AgentBackend
 from engine.manager import record
 from ledger import Ledger
-from schemas.events import SessionInterrupted
+from schemas.events import LIVE_STATUSES, SessionInterrupted
 
 
 async def recover(ledger: Ledger, backend: AgentBackend) -> dict[str, Any]:
@@ -24,7 +24,7 @@ async def recover(ledger: Ledger, backend: AgentBackend) -> dict[str, Any]:
         repaired = True
     attached: list[tuple[str, Any]] = []
     interrupted: list[str] = []
-    for st in ledger.sessions(statuses=["queued", "starting", "running"]):
+    for st in ledger.sessions(statuses=LIVE_STATUSES):
         agent = None
         if st.status == "running" and st.server_url and st.opencode_session_id:
             try:

@@ -190,6 +190,10 @@ class Ledger:
         )
         return [SessionState.model_validate(r) for r in rows]
 
+    def revoked_sessions(self) -> frozenset[str]:
+        """The sessions revoked so far (directly or with a revoked ancestor's subtree)."""
+        return store.read_revoked(self._reader())
+
     def meta(self) -> dict[str, str]:
         return store.read_meta(self._reader())
 

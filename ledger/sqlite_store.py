@@ -200,3 +200,9 @@ def read_meta_safe(conn: sqlite3.Connection) -> dict[str, str]:
         return dict(conn.execute("SELECT key, value FROM meta").fetchall())
     except sqlite3.OperationalError:
         return {}
+
+
+def read_revoked(conn: sqlite3.Connection) -> frozenset[str]:
+    """Ids of the sessions whose projected state is revoked (without loading every state)."""
+    rows = conn.execute("SELECT session_id FROM sessions WHERE json_extract(state, '$.revoked') = 1")
+    return frozenset(r[0] for r in rows)

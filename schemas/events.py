@@ -6,7 +6,7 @@ RFC 8785 canonical bytes. `stream` (the delegation it belongs to) lives in the e
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, TypeAdapter
 
@@ -18,6 +18,8 @@ SessionStatus = Literal[
     "queued", "starting", "running", "completed", "stopped", "failed", "interrupted", "revoked"
 ]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "stopped", "failed", "interrupted", "revoked"})
+#: the statuses a session can still leave: every SessionStatus that is not terminal
+LIVE_STATUSES: tuple[str, ...] = tuple(x for x in get_args(SessionStatus) if x not in TERMINAL_STATUSES)
 
 
 class Finding(Frozen):

@@ -321,3 +321,25 @@ class TestReplayProperties:
                 k: v.model_dump(exclude=strip) for k, v in live(many).items()
             }
             assert many.replay(check=True).ok
+
+
+def test_revoked_sessions_reads_the_projection(ledger: Ledger) -> None:
+    """revoked_sessions() names every session a revocation reached, and no other."""
+    from schemas.events import AgentSpawned, DelegationRevoked
+
+    for sid, parent in (("r", None), ("c", "r"), ("other", None)):
+        ledger.append(
+            sid,
+            AgentSpawned(
+                session_id=sid,
+                task_id="t",
+                role="x",
+                parent_session_id=parent,
+                root_session_id=parent or sid,
+                principal=sid,
+                delegator="pm",
+            ),
+        )
+    assert ledger.revoked_sessions() == frozenset()
+    ledger.append("r", DelegationRevoked(session_id="r", by="ops", reason="stop", subtree=["c"]))
+    assert ledger.revoked_sessions() == frozenset({"r", "c"})
