@@ -66,6 +66,16 @@ def serve(
         Path | None, typer.Option("--work-dir", help="Where agents' OpenCode state lives.")
     ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Default per-delegation timeout (s).")] = 900.0,
+    pool_size: Annotated[
+        int,
+        typer.Option(
+            "--pool-size",
+            envvar="LEDGER_POOL_SIZE",
+            min=0,
+            help="OpenCode servers kept started and warmed up for the next spawns (single use, "
+            "~350 MB each; 0 = start each agent's server cold).",
+        ),
+    ] = 2,
 ) -> None:
     """Run the MCP server (stdio for a local client; streamable HTTP on loopback with a bearer token)."""
     from engine.runtime import Engine, configure_telemetry
@@ -86,6 +96,7 @@ def serve(
         isolated=isolated,
         work_dir=work_dir,
         default_timeout_s=timeout,
+        pool_size=pool_size,
     )
     configure_telemetry()
 

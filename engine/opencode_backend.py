@@ -1,141 +1,43 @@
-"""AgentBackend over real `opencode serve` processes: one server per agent.
+"""AgentBackend over real `opencode serve` processes: one server per agent, single use.
 
-Each agent's server gets its config inline (provider, permission rules from its delegation, and
-our MCP server as a remote MCP server with the agent's own bearer token). The event stream is
-opened before the first prompt so nothing is missed, and OpenCode's events are mapped to the
-engine's normalised ones. Server credentials are kept in a 0600 file under the engine's state
-folder (never on the ledger) so that a restarted engine can re-attach.
+A spawn takes a pre-started, warmed server from the pool (``engine/opencode_pool.py``), or
+cold-starts one when the pool is empty or off. Either way nothing agent-specific is in the
+server's config; it is applied once the server is the agent's:
+
+* the project directory: every request of the agent's client carries ``?directory=`` (OpenCode
+  runs one instance per directory: sessions, events, tools and files all live there);
+* the permission rules derived from the delegation: on the session (``POST /session``
+  ``permission``), where OpenCode enforces them (``deny`` hides the tool; ``ask`` is answered by
+  the engine's policy);
+* our MCP server with the agent's own bearer token: ``POST /mcp`` in that directory.
+
+The event stream is opened before the first prompt so nothing is missed (``opencode_events.py``
+maps it to the engine's events). Server credentials are kept in a 0600 file under the engine's
+state folder (never on the ledger) so that a restarted engine can re-attach.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
+import secrets
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from engine.backend import AgentEvent, AgentSpec, Failure, Idle, Output, PermissionAsk, ToolUse
-from engine.opencode_client import OpenCodeClient, OpenCodeEvent
+from engine.backend import AgentEvent, AgentSpec
+from engine.errors import OpenCodeError
+from engine.opencode_client import OpenCodeClient
 from engine.opencode_config import build_agent_config, remote_mcp, session_permission_rules
+from engine.opencode_events import EventMapper
+from engine.opencode_pool import OpenCodePool
 from engine.opencode_runner import OpenCodeService
-from schemas.events import Tokens
+from engine.opencode_warmup import WARMUP_PROVIDER, WarmupResponder, warm_up
 
 MCP_NAME = "ledger"
-
-
-def _tokens(info: Mapping[str, Any]) -> Tokens:
-    t = info.get("tokens") or {}
-    cache = t.get("cache") or {}
-    return Tokens(
-        input=int(t.get("input") or 0),
-        output=int(t.get("output") or 0),
-        reasoning=int(t.get("reasoning") or 0),
-        cache_read=int(cache.get("read") or 0),
-        cache_write=int(cache.get("write") or 0),
-    )
-
-
-def _error_text(err: Any) -> str:
-    if not isinstance(err, Mapping):
-        return str(err)
-    data = err.get("data") if isinstance(err.get("data"), Mapping) else {}
-    return f"{err.get('name', 'error')}: {data.get('message') or ''}".strip(": ")
-
-
-class EventMapper:
-    """OpenCode events of one session -> normalised AgentEvents (stateful: texts, dedup)."""
-
-    def __init__(self, session_id: str) -> None:
-        self.session_id = session_id
-        self.texts: dict[str, dict[str, str]] = {}
-        self.done_messages: set[str] = set()
-        self.done_tools: set[str] = set()
-        #: ended messages whose parts may still be on their way, and messages whose step finished.
-        #: OpenCode 1.18.33 may publish a message's first `message.updated` already holding its final
-        #: state (time.completed, tokens) *before* that message's step-start/text parts, so an ended
-        #: message is reported once its `step-finish` part arrived (or at idle/error, whatever came).
-        self.ended: dict[str, Mapping[str, Any]] = {}
-        self.finished_steps: set[str] = set()
-
-    def _output(self, mid: str) -> Output:
-        info = self.ended.pop(mid)
-        self.done_messages.add(mid)
-        text = "".join(self.texts.pop(mid, {}).values())
-        err = info.get("error")
-        aborted = isinstance(err, Mapping) and err.get("name") == "MessageAbortedError"
-        return Output(
-            message_id=mid,
-            text=text,
-            tokens=_tokens(info),
-            cost_usd=float(info.get("cost") or 0),
-            error=None if (err is None or aborted) else _error_text(err),
-        )
-
-    def _flush(self) -> list[AgentEvent]:
-        return [self._output(mid) for mid in list(self.ended)]
-
-    def map(self, ev: OpenCodeEvent) -> list[AgentEvent]:
-        if ev.session_id != self.session_id:
-            return []
-        p = ev.properties
-        if ev.type == "message.part.updated":
-            part = p.get("part") or {}
-            if part.get("type") == "text":
-                self.texts.setdefault(part.get("messageID", ""), {})[part.get("id", "")] = part.get(
-                    "text", ""
-                )
-            elif part.get("type") == "step-finish":
-                mid = part.get("messageID", "")
-                self.finished_steps.add(mid)
-                if mid in self.ended:
-                    return [self._output(mid)]
-            elif part.get("type") == "tool":
-                state = part.get("state") or {}
-                status = state.get("status")
-                call = part.get("callID") or part.get("id")
-                if status in ("completed", "error") and call not in self.done_tools:
-                    self.done_tools.add(call)
-                    out = state.get("output")
-                    return [
-                        ToolUse(
-                            tool=str(part.get("tool")),
-                            call_id=call,
-                            status=status,
-                            input=dict(state.get("input") or {}),
-                            output=out if isinstance(out, str) else (json.dumps(out) if out else None),
-                            error=state.get("error") if status == "error" else None,
-                        )
-                    ]
-        elif ev.type == "message.updated":
-            info = p.get("info") or {}
-            mid = info.get("id")
-            completed = (info.get("time") or {}).get("completed")
-            if (
-                info.get("role") == "assistant"
-                and (completed or info.get("error"))
-                and mid not in self.done_messages
-            ):
-                self.ended[mid] = info
-                if mid in self.finished_steps:
-                    return [self._output(mid)]
-        elif ev.type == "permission.asked":
-            return [
-                PermissionAsk(
-                    id=str(p.get("id")),
-                    permission=str(p.get("permission")),
-                    patterns=[str(x) for x in p.get("patterns") or []],
-                )
-            ]
-        elif ev.type == "session.error":
-            err = p.get("error")
-            aborted = isinstance(err, Mapping) and err.get("name") == "MessageAbortedError"
-            return [*self._flush(), Failure(message=_error_text(err), aborted=aborted)]
-        elif ev.type == "session.idle":
-            return [*self._flush(), Idle()]
-        return []
 
 
 class OpenCodeAgent:
@@ -194,14 +96,14 @@ class OpenCodeAgent:
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self._stack.aclose()
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
         if self.service is not None:
             await self.service.stop(abort_sessions=False)
-        else:
-            await self.client.aclose()
 
 
 class OpenCodeBackend:
-    """Starts one OpenCode server per agent under `state_root/<session id>`."""
+    """One OpenCode server per agent: taken from the warm pool, else cold-started."""
 
     def __init__(
         self,
@@ -213,6 +115,8 @@ class OpenCodeBackend:
         isolated: bool = True,
         npm_cache: Path | None = None,
         stop_grace: float = 3.0,
+        pool_size: int = 0,
+        pool_warmup: bool = True,
     ) -> None:
         self.state_root = Path(state_root)
         self.model_base_url = model_base_url
@@ -226,17 +130,27 @@ class OpenCodeBackend:
         #: OpenCode servers are reported to grow and wedge when they live long: recycle past this size
         self.max_rss_bytes = 1_500_000_000
         self.recycled = 0
+        self._warmup = WarmupResponder() if pool_size > 0 and pool_warmup else None
+        self._pool_ids = itertools.count()
+        self._pool_run = secrets.token_hex(4)
+        self.pool = OpenCodePool(pool_size, self._pooled_service, self._warm if self._warmup else None)
+        #: how each agent's server came: "pool" or "cold" (by session id), for tests and statistics
+        self.origins: dict[str, str] = {}
 
-    def _config(self, permission: Mapping[str, Any] | None, mcp: Mapping[str, Any] | None) -> dict[str, Any]:
-        return build_agent_config(
+    def _config(self, *, warmup: bool = False) -> dict[str, Any]:
+        """The config every agent's server starts with: the model only (nothing per agent)."""
+        config = build_agent_config(
             model_base_url=self.model_base_url,
             provider=None if self.model_base_url else self.provider,
             model=self.model,
-            permission=permission,
-            mcp=mcp,
         )
+        if warmup and self._warmup is not None:
+            config.setdefault("provider", {}).update(self._warmup.provider())
+            if "enabled_providers" in config:
+                config["enabled_providers"] = [*config["enabled_providers"], WARMUP_PROVIDER]
+        return config
 
-    def _service(self, workdir: str, state_dir: Path, config: dict[str, Any]) -> OpenCodeService:
+    def _service(self, workdir: str | Path, state_dir: Path, config: dict[str, Any]) -> OpenCodeService:
         return OpenCodeService(
             workdir,
             state_dir,
@@ -246,22 +160,47 @@ class OpenCodeBackend:
             stop_grace=self.stop_grace,
         )
 
+    # -- the pool ---------------------------------------------------------------------------------
+    def start_pool(self, hint: str | None = None) -> None:
+        """Begin filling the warm pool in the background (``hint``: the project expected next)."""
+        if self.pool.size == 0:
+            return
+        if self._warmup is not None and not self._warmup.running:
+            self._warmup.start()
+        self.pool.start(hint)
+
+    def _pooled_service(self) -> OpenCodeService:
+        state_dir = self.state_root / "_pool" / f"{self._pool_run}-{next(self._pool_ids)}"
+        workdir = state_dir / "work"
+        workdir.mkdir(parents=True, exist_ok=True)
+        return self._service(workdir, state_dir, self._config(warmup=True))
+
+    async def _warm(self, service: OpenCodeService, directory: str | None) -> None:
+        where = directory if directory and os.path.isdir(directory) else None
+        info = service.info
+        async with OpenCodeClient(info.url, info.password, directory=where) as client:
+            await warm_up(client)
+
+    # -- agents ------------------------------------------------------------------------------------
     async def start(self, spec: AgentSpec) -> OpenCodeAgent:
-        mcp = {MCP_NAME: remote_mcp(spec.mcp_url, spec.mcp_token)} if spec.mcp_url else None
         state_dir = self.state_root / spec.session_id
-        service = self._service(spec.project_directory, state_dir, self._config(spec.permission, mcp))
-        await service.start()
+        service = await self.pool.take(spec.project_directory) if self.pool.size > 0 else None
+        self.origins[spec.session_id] = "pool" if service is not None else "cold"
+        if service is None:
+            service = self._service(spec.project_directory, state_dir, self._config())
+            await service.start()
         agent: OpenCodeAgent | None = None
         try:
-            client = service.client
             info = service.info
+            client = OpenCodeClient(info.url, info.password, directory=spec.project_directory)
             agent = OpenCodeAgent(service, client, "", spec, info.pid, info.url)
-            # the event stream opens while the session is created: both must be ready before the prompt
-            session, _ = await asyncio.gather(
+            # MCP, session and event stream at once: all must be ready before the prompt
+            session, _, _ = await asyncio.gather(
                 client.create_session(
                     spec.title, metadata=spec.metadata, permission=session_permission_rules(spec.permission)
                 ),
                 agent.open_events(),
+                self._connect_mcp(client, spec),
             )
             agent.opencode_session_id = session["id"]
             _write_private(
@@ -271,6 +210,8 @@ class OpenCodeBackend:
                     "pid": info.pid,
                     "password": info.password,
                     "opencode_session_id": session["id"],
+                    "directory": spec.project_directory,
+                    "opencode_state_dir": str(service.state_dir),
                 },
             )
         except BaseException:
@@ -280,6 +221,16 @@ class OpenCodeBackend:
                 await service.stop(abort_sessions=False)
             raise
         return agent
+
+    @staticmethod
+    async def _connect_mcp(client: OpenCodeClient, spec: AgentSpec) -> None:
+        """Our MCP server, with this agent's own bearer token, in the agent's directory only."""
+        if not spec.mcp_url:
+            return
+        status = await client.add_mcp(MCP_NAME, remote_mcp(spec.mcp_url, spec.mcp_token))
+        state = status.get(MCP_NAME) or {}
+        if state.get("status") != "connected":
+            raise OpenCodeError(f"the agent's OpenCode could not connect to our MCP server: {state}")
 
     async def attach(
         self, server_url: str, opencode_session_id: str, pid: int | None, session_id: str
@@ -292,7 +243,7 @@ class OpenCodeBackend:
             return None
         if pid is None or not Path(f"/proc/{pid}").exists():
             return None
-        client = OpenCodeClient(creds["url"], creds["password"])
+        client = OpenCodeClient(creds["url"], creds["password"], directory=creds.get("directory"))
         try:
             await client.health(timeout=3)
             await client.get_session(opencode_session_id)
@@ -329,7 +280,7 @@ class OpenCodeBackend:
                     else str(self.state_root)
                 )
                 self.state_root.mkdir(parents=True, exist_ok=True)
-                svc = self._service(workdir, self.state_root / "_discovery", self._config(None, None))
+                svc = self._service(workdir, self.state_root / "_discovery", self._config())
                 await svc.start()
                 self._discovery = svc
             return self._discovery
@@ -343,6 +294,9 @@ class OpenCodeBackend:
         return await svc.client.providers()
 
     async def close(self) -> None:
+        await self.pool.close()
+        if self._warmup is not None:
+            self._warmup.stop()
         if self._discovery is not None:
             await self._discovery.stop(abort_sessions=False)
             self._discovery = None

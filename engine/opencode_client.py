@@ -146,12 +146,22 @@ class OpenCodeClient:
     """The v1 API of one server, over Basic auth. Use ``async with`` or call ``aclose()``."""
 
     def __init__(
-        self, base_url: str, password: str | None, *, username: str = "opencode", timeout: float = 30.0
+        self,
+        base_url: str,
+        password: str | None,
+        *,
+        username: str = "opencode",
+        timeout: float = 30.0,
+        directory: str | None = None,
     ):
+        """``directory``: the project every request works in (``?directory=``, OpenCode's instance for
+        that folder: sessions, events, MCP servers, permissions); None = the server's own cwd."""
         auth = httpx.BasicAuth(username, password) if password is not None else None
         self.base_url = base_url
+        self.directory = directory
         self._timeout = timeout
-        self._http = httpx.AsyncClient(base_url=base_url, auth=auth, timeout=timeout)
+        params = {"directory": directory} if directory is not None else None
+        self._http = httpx.AsyncClient(base_url=base_url, auth=auth, timeout=timeout, params=params)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -228,6 +238,9 @@ class OpenCodeClient:
             body["parentID"] = parent_id
         return dict(await self._call("POST", "/session", json=body))
 
+    async def delete_session(self, session_id: str) -> bool:
+        return bool(await self._call("DELETE", f"/session/{session_id}"))
+
     async def get_session(self, session_id: str) -> dict[str, Any]:
         return dict(await self._call("GET", f"/session/{session_id}"))
 
@@ -296,6 +309,15 @@ class OpenCodeClient:
 
     async def abort(self, session_id: str) -> bool:
         return bool(await self._call("POST", f"/session/{session_id}/abort"))
+
+    # -- MCP servers ------------------------------------------------------------------------
+    async def add_mcp(self, name: str, config: Mapping[str, Any], *, timeout: float = 30.0) -> dict[str, Any]:
+        """``POST /mcp``: connect an MCP server at run time; returns ``{name: {status, error?}}``."""
+        body = {"name": name, "config": dict(config)}
+        return dict(await self._call("POST", "/mcp", json=body, timeout=timeout))
+
+    async def mcp_status(self) -> dict[str, Any]:
+        return dict(await self._call("GET", "/mcp"))
 
     # -- permissions ------------------------------------------------------------------------
     async def permissions(self) -> list[dict[str, Any]]:

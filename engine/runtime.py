@@ -64,6 +64,8 @@ class Engine:
             model=s.model,
             isolated=s.isolated,
             stop_grace=s.stop_grace_s,
+            pool_size=s.pool_size,
+            pool_warmup=s.pool_warmup,
         )
         self.service = DelegationService(self.ledger, s, backend, constitution, tokens=self.tokens)
         self.mcp = build_server(self.service)
@@ -88,6 +90,10 @@ class Engine:
         self.recovery = await recover(self.ledger, backend)
         for sid, agent in self.recovery.pop("attached", []):
             readopt(self.service, sid, agent)
+        # off the critical path: the pool fills in the background, warming up in the one allowed
+        # root when there is exactly one (later: in the project directory of the latest spawn)
+        roots = tuple(constitution.allowed_roots or ())
+        backend.start_pool(roots[0] if len(roots) == 1 else None)
         return self
 
     async def stop(self) -> None:

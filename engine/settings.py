@@ -34,6 +34,12 @@ class EngineSettings:
     agent_mcp_host: str = "127.0.0.1"
     agent_mcp_port: int = 0
     stop_grace_s: float = 3.0
+    #: warm pool: OpenCode servers kept started and warmed up in the background, each used by one
+    #: agent only (engine/opencode_pool.py); a spawn takes one instead of a ~2 CPU-s cold start.
+    #: Each idle pooled server holds ~350 MB. 0 turns the pool off (every spawn starts cold).
+    pool_size: int = 2
+    #: pay the first turn's CPU in the pool with a throwaway exchange (never reaches the real model)
+    pool_warmup: bool = True
 
 
 def load_constitution_file(settings: EngineSettings) -> Constitution:

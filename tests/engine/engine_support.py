@@ -93,6 +93,9 @@ def engine_settings(base: Path, **overrides: Any) -> EngineSettings:
         "work_dir": base / "agents",
         "default_timeout_s": 120.0,
         "stop_grace_s": 2.0,
+        # no warm pool unless a test asks for one (tests/engine/test_opencode_pool.py): the cold path
+        # applies the same per-agent settings at run time, and 2 cores are shared by every test
+        "pool_size": 0,
     }
     values.update(overrides)
     return EngineSettings(**values)
