@@ -32,7 +32,8 @@ from ledger.merkle import CompactRange
 from ledger.paths import key_path_for
 from ledger.prune import PruneReport
 from ledger.replay import ReplayReport
-from ledger.verify import StoredCheckpoint, VerifyReport, verify_rows
+from ledger.verify import StoredCheckpoint, VerifyReport
+from ledger.verify_parallel import verify_database
 from ledger.witness import read_witness, write_witness
 from ledger.writer import Pending, Writer
 from schemas.events import CheckpointSigned
@@ -277,27 +278,26 @@ class Ledger:
         verifier: Verifier | None = None,
         progress: Callable[[int], None] | None = None,
         extra_checkpoints: Sequence[StoredCheckpoint] = (),
+        parallel: bool | None = None,
     ) -> VerifyReport:
         """Stream the whole chain and check every link, payload and checkpoint.
 
         Checked: the checkpoints in the database, the witness copy beside the key, and any
-        `extra_checkpoints` kept elsewhere (e.g. published ones).
+        `extra_checkpoints` kept elsewhere (e.g. published ones). A large ledger is verified on two
+        cores (`parallel=None`; see ledger/verify_parallel.py), with the same report.
         """
         checkpoints = [*self.checkpoints(), *extra_checkpoints]
         witness = read_witness(self.witness_path)
         if witness is not None and all(c.note != witness.note for c in checkpoints):
             checkpoints.append(witness)
-        conn = store.connect(self.path, durable=self.durable, readonly=True)
-        try:
-            return verify_rows(
-                store.iter_rows(conn),
-                checkpoints=checkpoints,
-                verifier=verifier if verifier is not None else self.verifier(),
-                origin=self.origin,
-                progress=progress,
-            )
-        finally:
-            conn.close()
+        return verify_database(
+            self.path,
+            checkpoints=checkpoints,
+            verifier=verifier if verifier is not None else self.verifier(),
+            origin=self.origin,
+            progress=progress,
+            parallel=parallel,
+        )
 
     # -- pruning, archives, replay ---------------------------------------------------------
     def prune(

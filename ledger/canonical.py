@@ -1,11 +1,14 @@
 """RFC 8785 (JCS) canonical JSON, with a checked fast path.
 
-`rfc8785.dumps` is exact but costs about 30 us for a 300-byte payload; `json.dumps` with sorted
-keys and compact separators produces the same bytes for most payloads in about 7 us. The two
-differ only on (a) floats (ECMAScript number formatting), (b) integers beyond 2**53 (refused by
-JCS) and (c) key order when keys hold characters at or above U+E000 (JCS sorts by UTF-16 code
-units). The fast path is taken only when the output proves none of those can occur; otherwise the
-exact encoder runs. A property test checks both agree on arbitrary JSON.
+`rfc8785.dumps` is exact but costs about 30 us for a 300-byte payload. `orjson` with sorted keys
+writes the same bytes in well under a microsecond for most payloads (its string escapes are JCS's),
+and the stdlib encoder with sorted keys and compact separators in about 4 us. They differ from JCS
+only on (a) floats (ECMAScript number formatting; orjson also writes NaN as null), (b) integers
+beyond 2**53 (refused by JCS) and (c) key order when keys hold characters at or above U+E000 (JCS
+sorts by UTF-16 code units). So one walk over the value looks at every number first: when every
+float already prints as ECMAScript does and no integer is out of range, orjson's bytes are taken
+(unless they hold such characters); otherwise the stdlib path, which rewrites float tokens, or the
+exact encoder runs. A property test checks the result equals `rfc8785` on arbitrary JSON.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import re
 from typing import Any
 
+import orjson
 import rfc8785
 
 from ledger.errors import PayloadError
@@ -28,6 +32,11 @@ _MAX_SAFE = 2**53 - 1
 _HIGH_CHARS = re.compile("[\ue000-\U0010ffff]")
 # Strings (skipped as they are) or a float token as Python's repr wrote it.
 _TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|(-?\d+(?:\.\d+)?(?:e[+-]?\d+)?)')
+# UTF-8 lead bytes of U+E000..U+10FFFF: where code point and UTF-16 orders may part
+_HIGH_LEAD = re.compile(b"[\xee-\xf4]")
+_SORTED = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
+_PLAIN, _FLOATS, _OTHER = 0, 1, 2
+_WALK_BUDGET = 1_000_000
 
 
 def es_number(token: str) -> str:
@@ -87,8 +96,55 @@ def _fix_numbers(match: re.Match[str]) -> str:
     return es_number(token)
 
 
+def _numbers(value: Any) -> int:
+    """_PLAIN when every number in `value` already prints as JCS wants, _FLOATS when some float must be
+    rewritten (or is not finite), _OTHER for an out-of-range integer or a type beyond plain JSON."""
+    stack = [value]
+    pop = stack.pop
+    verdict = _PLAIN
+    budget = _WALK_BUDGET  # bounds the walk over a huge or cyclic value (the slow path then decides)
+    while stack:
+        v = pop()
+        t = type(v)
+        if t is str or v is None or t is bool:
+            continue
+        if t is dict:
+            budget -= len(v)
+            stack.extend(v.values())
+        elif t is list or t is tuple:
+            budget -= len(v)
+            stack.extend(v)
+        elif t is int:
+            if not -_MAX_SAFE <= v <= _MAX_SAFE:
+                return _OTHER
+        elif t is float:
+            r = repr(
+                v
+            )  # Python's repr and ECMAScript agree unless it has an exponent, ends in .0 or is nan/inf
+            if "e" in r or "n" in r or r.endswith(".0"):
+                verdict = _FLOATS
+        else:
+            return _OTHER
+        if budget < 0:
+            return _OTHER
+    return verdict
+
+
 def canonical_bytes(value: Any) -> bytes:
     """Canonical JSON bytes of `value` (RFC 8785); PayloadError when it has no exact JSON form."""
+    if _numbers(value) == _PLAIN:
+        try:
+            out = orjson.dumps(value, option=_SORTED)
+        except orjson.JSONEncodeError:
+            pass  # a lone surrogate, deep nesting, a non-string key: the paths below name the problem
+        else:
+            if out.isascii() or not _HIGH_LEAD.search(out):
+                return out
+            return _exact(value)
+    return _slow(value)
+
+
+def _slow(value: Any) -> bytes:
     try:
         text = _dumps(value)
     except (TypeError, ValueError) as exc:

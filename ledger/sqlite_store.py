@@ -1,4 +1,5 @@
-"""SQLite access: connections, schema, reads. The only module (with writer.py) that imports sqlite3."""
+"""SQLite access: connections, schema, reads. The only module (with writer.py, and the stand-alone
+payload_check.py worker) that imports sqlite3."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from ledger.sqlite_schema import DDL, ENTRY_COLUMNS, ENTRY_FROM, FORMAT_VERSION
 from ledger.writer import translate
 
 
-def connect(path: Path, *, durable: bool = True, readonly: bool = False) -> sqlite3.Connection:
+def connect(
+    path: Path, *, durable: bool = True, readonly: bool = False, cache_kib: int = 16000
+) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit), WAL, FULL sync when durable."""
     try:
         if readonly:
@@ -26,7 +29,7 @@ def connect(path: Path, *, durable: bool = True, readonly: bool = False) -> sqli
         conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         conn.execute("PRAGMA busy_timeout=60000")
         conn.execute("PRAGMA temp_store=MEMORY")
-        conn.execute("PRAGMA cache_size=-16000")
+        conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
     except sqlite3.Error as exc:
         raise translate(exc, f"could not open the ledger at {path}") from exc
     return conn
@@ -148,6 +151,31 @@ def iter_rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
         raise translate(exc, "could not read entries") from exc
     cursor.arraysize = 2000
     return iter(cursor)
+
+
+def iter_header_rows(conn: sqlite3.Connection, last_seq: int) -> Iterator[tuple[Any, ...]]:
+    """Like `iter_rows` up to `last_seq`, without the payloads (NULL in their place): the chain half of a
+    parallel verify. Call it in the read transaction where `last_seq` was read."""
+    conn.text_factory = bytes
+    try:
+        cursor = conn.execute(
+            "SELECT e.seq, s.name, e.type, e.recorded_at, NULL, NULL, e.payload_hash, e.hash "
+            f"FROM {ENTRY_FROM} WHERE e.seq <= ? ORDER BY e.seq",
+            (last_seq,),
+        )
+    except sqlite3.Error as exc:
+        raise translate(exc, "could not read entries") from exc
+    cursor.arraysize = 2000
+    return iter(cursor)
+
+
+def begin_snapshot(conn: sqlite3.Connection) -> int:
+    """Open a read transaction on `conn` and return the last seq it sees (0 when empty)."""
+    try:
+        conn.execute("BEGIN")
+        return conn.execute("SELECT COALESCE(MAX(seq), 0) FROM entries").fetchone()[0]
+    except sqlite3.Error as exc:
+        raise translate(exc, "could not read the ledger's head") from exc
 
 
 def read_checkpoints(conn: sqlite3.Connection) -> list[tuple[int, str, str, int]]:

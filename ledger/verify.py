@@ -53,6 +53,9 @@ class VerifyReport:
     newest_checkpoint_size: int | None = None
     broken: ChainBroken | None = None
     warnings: list[str] = field(default_factory=list)
+    #: whether the payload hashes were checked by a worker process beside the chain walk
+    parallel: bool = False
+    worker_peak_rss_kib: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -73,6 +76,7 @@ class VerifyReport:
             "expected": None if self.broken is None else self.broken.expected,
             "actual": None if self.broken is None else self.broken.actual,
             "warnings": self.warnings,
+            "parallel": self.parallel,
         }
 
 
@@ -175,8 +179,13 @@ def verify_rows(
     start_prev: bytes = chain.GENESIS_HASH,
     start_seq: int = 1,
     progress: Callable[[int], None] | None = None,
+    payloads: bool = True,
 ) -> VerifyReport:
-    """The verifier's loop over stored rows (no object per row; Entries are built only to explain a break)."""
+    """The verifier's loop over stored rows (no object per row; Entries are built only to explain a break).
+
+    `payloads=False` checks everything but the payload hashes (and leaves `pruned` at 0): the chain
+    half of a parallel verify, whose payload half runs in ledger/payload_check.py.
+    """
     report = VerifyReport()
     wanted: dict[int, list[tuple[bytes | None, bytes, StoredCheckpoint]]] = {}
     for cp in checkpoints:
@@ -221,7 +230,9 @@ def verify_rows(
                 )
             break
         try:
-            if payload is not None:
+            if not payloads:
+                pass
+            elif payload is not None:
                 ph = payload_prefix.copy()  # SHA-256 state after the domain tag: cheaper than concatenating
                 if salt is not None:
                     ph.update(salt)
