@@ -3,10 +3,11 @@ what the gate decided, what the agent did and spent, and the entries that prove 
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from typing import Any
 
 from engine.audit.rerun import Requests
-from engine.audit.scan import Ev, LedgerScan, iso_us
+from engine.audit.scan import TERMINAL_TYPES, Ev, LedgerScan, iso_us
 from gate.normalise import norm_text
 from schemas.events import TERMINAL_STATUSES
 
@@ -14,6 +15,20 @@ from schemas.events import TERMINAL_STATUSES
 _PERMISSION_OF_TOOL = {"patch": "edit", "multiedit": "edit", "apply_patch": "edit"}
 _SPAWN_TOOLS = frozenset({"ledger_spawn_agent", "ledger_delegate", "ledger_delegate_batch"})
 _ALWAYS_ALLOWED = frozenset({"todowrite", "todoread", "invalid"})
+#: where a tool's input names the file or directory it works on
+_PATH_KEYS = ("filePath", "path")
+_ACTION_KINDS = {"tool.called": "tool", "permission.decided": "permission"}
+_GATE_COVERAGE = {
+    "by": "ledger MCP tool: the nested delegation is judged by the gate",
+    "covered": True,
+    "rule": "gate",
+}
+_TOKEN_COVERAGE = {
+    "by": "ledger MCP tool, bound by its token to the agent's subtree",
+    "covered": True,
+    "rule": "token",
+}
+_BOOKKEEPING_COVERAGE = {"by": "bookkeeping tool with no permission rule", "covered": True, "rule": "allow"}
 
 
 def _dict(value: Any) -> dict[str, Any]:
@@ -40,69 +55,94 @@ def constraints_split(own: list[str], ancestors: list[list[str]]) -> dict[str, l
     }
 
 
-def _coverage(tool: str, permissions: dict[str, Any], spawned: Ev | None) -> dict[str, Any]:
+def _pattern_action(rule: dict[str, Any], target: str) -> str:
+    """The action of a {pattern: action} rule for `target`: the last matching pattern wins (as in
+    OpenCode and engine.permissions), on the whole path or its file name; none matching: deny."""
+    action = "deny"
+    name = target.rsplit("/", 1)[-1]
+    for pattern, value in rule.items():
+        if fnmatchcase(target, pattern) or fnmatchcase(name, pattern):
+            action = value
+    return str(action)
+
+
+def _coverage(tool: str, tool_input: Any, permissions: dict[str, Any], spawned: Ev | None) -> dict[str, Any]:
     """Which recorded rule let the tool run: the agent's permissions from its agent.spawned entry."""
     if spawned is None:
         return {
-            "rule": None,
-            "covered": False,
             "by": "no agent.spawned entry records the agent's permissions",
+            "covered": False,
+            "rule": None,
         }
     if tool in _SPAWN_TOOLS:
-        return {
-            "rule": "gate",
-            "covered": True,
-            "by": "ledger MCP tool: the nested delegation is judged by the gate",
-        }
+        return dict(_GATE_COVERAGE)
     if tool.startswith("ledger_"):
-        return {
-            "rule": "token",
-            "covered": True,
-            "by": "ledger MCP tool, bound by its token to the agent's subtree",
-        }
+        return dict(_TOKEN_COVERAGE)
     if tool in _ALWAYS_ALLOWED:
-        return {"rule": "allow", "covered": True, "by": "bookkeeping tool with no permission rule"}
+        return dict(_BOOKKEEPING_COVERAGE)
     perm = _PERMISSION_OF_TOOL.get(tool, tool)
     rule = permissions.get(perm)
     if rule is None:
-        return {"rule": None, "covered": False, "by": f"no permission rule for {perm!r} at spawn"}
-    return {"rule": rule, "covered": rule == "allow", "by": f"permission {perm}: {rule} at spawn"}
+        return {"by": f"no permission rule for {perm!r} at spawn", "covered": False, "rule": None}
+    if isinstance(rule, dict):  # {pattern: action}: judged on the path the tool was given
+        target = next((v for k in _PATH_KEYS if isinstance(v := _dict(tool_input).get(k), str)), "*")
+        action = _pattern_action(rule, target)
+        return {
+            "by": f"permission {perm}: {action} for {target} by its patterns at spawn",
+            "covered": action == "allow",
+            "rule": rule,
+        }
+    return {"by": f"permission {perm}: {rule} at spawn", "covered": rule == "allow", "rule": rule}
 
 
 def actions(
     scan: LedgerScan, stream: str, spawned: Ev | None, window: tuple[int, int]
 ) -> list[dict[str, Any]]:
-    """Every tool call and permission decision recorded for the agent, with what covered it."""
+    """Every tool call and permission decision recorded for the agent, with what covered it.
+    (Objects are written with their keys in order: the report's encoder then has none to sort.)"""
     permissions = _dict((spawned.data or {}).get("permissions")) if spawned is not None else {}
     out = []
-    for ev in scan.all(stream, "tool.called", "permission.decided"):
-        if not window[0] <= ev.at_us < window[1]:
+    lo, hi = window
+    for ev in scan.by_stream.get(stream, ()):
+        kind = _ACTION_KINDS.get(ev.type)
+        if kind is None or not lo <= ev.at_us < hi:
             continue
-        item: dict[str, Any] = {
-            "kind": "tool" if ev.type == "tool.called" else "permission",
-            "seq": ev.seq,
-            "hash": ev.hash,
-            "recorded_at": iso_us(ev.at_us),
-        }
         d = ev.data
         if d is None:
-            item.update(name=None, pruned=True, detail="payload pruned")
-        elif ev.type == "tool.called":
-            item.update(
-                name=d["tool"],
-                status=d.get("status"),
-                detail=_short(d.get("input") or {}),
-                error=d.get("error"),
-                coverage=_coverage(d["tool"], permissions, spawned),
-            )
+            item: dict[str, Any] = {
+                "detail": "payload pruned",
+                "hash": ev.hash_bytes.hex(),
+                "kind": kind,
+                "name": None,
+                "pruned": True,
+                "recorded_at": iso_us(ev.at_us),
+                "seq": ev.seq,
+            }
+        elif kind == "tool":
+            tool_input = d.get("input")
+            item = {
+                "coverage": _coverage(d["tool"], tool_input, permissions, spawned),
+                "detail": _short(tool_input or {}),
+                "error": d.get("error"),
+                "hash": ev.hash_bytes.hex(),
+                "kind": kind,
+                "name": d["tool"],
+                "recorded_at": iso_us(ev.at_us),
+                "seq": ev.seq,
+                "status": d.get("status"),
+            }
         else:
-            item.update(
-                name=d["permission"],
-                patterns=d.get("patterns", []),
-                reply=d["reply"],
-                detail=d["reason"],
-                coverage={"rule": "policy", "covered": d["reply"] != "reject", "by": d["reason"]},
-            )
+            item = {
+                "coverage": {"by": d["reason"], "covered": d["reply"] != "reject", "rule": "policy"},
+                "detail": d["reason"],
+                "hash": ev.hash_bytes.hex(),
+                "kind": kind,
+                "name": d["permission"],
+                "patterns": d.get("patterns", []),
+                "recorded_at": iso_us(ev.at_us),
+                "reply": d["reply"],
+                "seq": ev.seq,
+            }
         out.append(item)
     return out
 
@@ -111,13 +151,13 @@ def _revocation(ev: Ev | None, stream: str, revoked: bool) -> dict[str, Any] | N
     if ev is None:
         return (
             {
-                "revoked": True,
                 "by": None,
-                "reason": "the revocation entry is pruned (from the snapshot)",
-                "seq": None,
-                "hash": None,
-                "recorded_at": None,
                 "direct": None,
+                "hash": None,
+                "reason": "the revocation entry is pruned (from the snapshot)",
+                "recorded_at": None,
+                "revoked": True,
+                "seq": None,
                 "via": None,
             }
             if revoked
@@ -125,33 +165,57 @@ def _revocation(ev: Ev | None, stream: str, revoked: bool) -> dict[str, Any] | N
         )
     d = ev.data or {}
     return {
-        "revoked": True,
         "by": d.get("by"),
-        "reason": d.get("reason"),
-        "seq": ev.seq,
-        "hash": ev.hash,
-        "recorded_at": iso_us(ev.at_us),
         "direct": ev.stream == stream,
+        "hash": ev.hash,
+        "reason": d.get("reason"),
+        "recorded_at": iso_us(ev.at_us),
+        "revoked": True,
+        "seq": ev.seq,
         "via": ev.stream,
     }
+
+
+def _sorted(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: d[k] for k in sorted(d)}
+
+
+def _evidence(ev: Ev | None) -> dict[str, Any] | None:
+    return None if ev is None else ev.evidence()
 
 
 def hop_node(
     scan: LedgerScan, requests: Requests, stream: str, ancestors: list[str], window: tuple[int, int]
 ) -> dict[str, Any]:
-    """The audit's view of one delegation (approved or refused)."""
-    requested = scan.first(stream, "delegation.requested")
-    decided = scan.first(stream, "gate.decided")
-    spawned = scan.first(stream, "agent.spawned")
-    terminal = scan.terminal(stream)
+    """The audit's view of one delegation (approved or refused). Objects are written with their keys
+    in order (`rerun` is filled in later, in place): the report's encoder then has none to sort."""
+    events = scan.by_stream.get(stream, ())
+    firsts = scan.firsts
+    requested = firsts.get((stream, "delegation.requested"))
+    decided = firsts.get((stream, "gate.decided"))
+    spawned = firsts.get((stream, "agent.spawned"))
+    terminal = None
+    exceeded = []
+    outputs = 0
+    pruned_types: set[str] = set()
+    for e in events:
+        t = e.type
+        if e.data is None:
+            pruned_types.add(t)
+        if t == "output.received":
+            outputs += 1
+        elif t == "budget.exceeded":
+            exceeded.append(_sorted({**(e.data or {}), **e.evidence()}))
+        elif terminal is None and t in TERMINAL_TYPES:
+            terminal = e
     revoked_by = scan.revocations.get(stream)
     raw = requests.raw(stream) or {}
-    state = scan.states.get(stream)
+    st = scan.states.get(stream)
     dd = (decided.data or {}) if decided else {}
     sd = (spawned.data or {}) if spawned else {}
     dc = _dict(raw.get("delegation_context"))
     verdict = dd.get("verdict")
-    decision = verdict["decision"] if verdict else ("approved" if state is not None else None)
+    decision = verdict["decision"] if verdict else ("approved" if st is not None else None)
     own = [c for c in dc.get("constraints") or [] if isinstance(c, str)]
     above = [
         [
@@ -161,71 +225,71 @@ def hop_node(
         ]
         for a in ancestors
     ]
-    evidence = {
-        name: None if ev is None else ev.evidence()
-        for name, ev in (
-            ("requested", requested),
-            ("decided", decided),
-            ("spawned", spawned),
-            ("terminal", terminal),
-            ("revoked", revoked_by),
-        )
-    }
-    exceeded = [{**(e.data or {}), **e.evidence()} for e in scan.all(stream, "budget.exceeded")]
-    pruned_types = sorted({e.type for e in scan.by_stream.get(stream, ()) if e.data is None})
-    st = state or {}
+    st = st or {}
     budget = _dict(dc.get("budget"))
-    first = scan.by_stream[stream][0] if scan.by_stream.get(stream) else None
+    first = events[0] if events else None
     status = st.get("status") or ("refused" if decision == "rejected" else "unknown")
+    split = constraints_split(own, above)
     return {
-        "session_id": stream,
-        "role": raw.get("role") or dd.get("role") or st.get("role"),
-        "principal": dc.get("delegated_to") or st.get("principal") or None,
-        "delegator": dc.get("delegator") or st.get("delegator") or None,
-        "parent_session_id": scan.parent_of(stream),
-        "depth": dd.get("depth", st.get("depth", len(ancestors))),
-        "task_id": scan.task_of(stream),
-        "in_window": first is not None and window[0] <= first.at_us < window[1],
-        "decision": decision,
-        "status": status,
-        "terminal": status in TERMINAL_STATUSES or status == "refused",
-        "end_reason": st.get("end_reason"),
-        "instructions": _short(raw.get("instructions"), 300) if raw.get("instructions") else None,
-        "capabilities": {
-            "delegator_cap": dc.get("delegator_cap"),
-            "delegated_cap": dc.get("delegated_cap"),
-            "scopes": dc.get("scopes"),
-            "phantom_level": dc.get("phantom_level"),
-        },
-        "constraints": constraints_split(own, above),
-        "times": {
-            "requested_at": None if first is None else iso_us(first.at_us),
-            "delegated_at": dc.get("delegated_at"),
-            "evaluated_at": dd.get("evaluated_at"),
-            "spawned_at": None if spawned is None else iso_us(spawned.at_us),
-            "ended_at": st.get("ended_at"),
-            "expires_at": dc.get("expires_at") or sd.get("expires_at"),
-            "timeout_seconds": sd.get("timeout_seconds"),
-        },
+        "actions": actions(scan, stream, spawned, window),
         "budget": {
-            "requested": {"max_tokens": budget.get("max_tokens"), "max_cost_usd": budget.get("max_cost_usd")},
-            "allocated": {"max_tokens": st.get("max_tokens"), "max_cost_usd": st.get("max_cost_usd")},
-            "consumed": {"tokens": st.get("tokens_used", 0), "cost_usd": round(st.get("cost_usd", 0.0), 9)},
-            "subtree": {
-                "tokens": st.get("subtree_tokens", 0),
-                "cost_usd": round(st.get("subtree_cost_usd", 0.0), 9),
-            },
+            "allocated": {"max_cost_usd": st.get("max_cost_usd"), "max_tokens": st.get("max_tokens")},
+            "consumed": {"cost_usd": round(st.get("cost_usd", 0.0), 9), "tokens": st.get("tokens_used", 0)},
             "exceeded": exceeded,
+            "requested": {"max_cost_usd": budget.get("max_cost_usd"), "max_tokens": budget.get("max_tokens")},
+            "subtree": {
+                "cost_usd": round(st.get("subtree_cost_usd", 0.0), 9),
+                "tokens": st.get("subtree_tokens", 0),
+            },
         },
-        "verdict": None if verdict is None else {**verdict, "evaluated_at": dd.get("evaluated_at")},
-        "evidence": evidence,
+        "capabilities": {
+            "delegated_cap": dc.get("delegated_cap"),
+            "delegator_cap": dc.get("delegator_cap"),
+            "phantom_level": dc.get("phantom_level"),
+            "scopes": dc.get("scopes"),
+        },
+        "children": [],
+        "constraints": {
+            "added": split["added"],
+            "inherited": split["inherited"],
+            "missing": split["missing"],
+        },
+        "decision": decision,
+        "delegator": dc.get("delegator") or st.get("delegator") or None,
+        "depth": dd.get("depth", st.get("depth", len(ancestors))),
+        "end_reason": st.get("end_reason"),
+        "evidence": {
+            "decided": _evidence(decided),
+            "requested": _evidence(requested),
+            "revoked": _evidence(revoked_by),
+            "spawned": _evidence(spawned),
+            "terminal": _evidence(terminal),
+        },
+        "in_window": first is not None and window[0] <= first.at_us < window[1],
+        "instructions": _short(raw.get("instructions"), 300) if raw.get("instructions") else None,
+        "outputs": outputs,
+        "parent_session_id": scan.parent_of(stream),
+        "principal": dc.get("delegated_to") or st.get("principal") or None,
+        "pruned": bool(pruned_types),
+        "rerun": None,
         "revocation": _revocation(revoked_by, stream, bool(st.get("revoked"))),
-        "outputs": len(scan.all(stream, "output.received")),
+        "role": raw.get("role") or dd.get("role") or st.get("role"),
+        "session_id": stream,
+        "status": status,
         "summary": _short((terminal.data or {}).get("summary"), 300)
         if terminal and terminal.data and terminal.data.get("summary")
         else None,
-        "actions": actions(scan, stream, spawned, window),
-        "pruned": bool(pruned_types),
-        "unavailable": pruned_types,
-        "children": [],
+        "task_id": scan.task_of(stream),
+        "terminal": status in TERMINAL_STATUSES or status == "refused",
+        "times": {
+            "delegated_at": dc.get("delegated_at"),
+            "ended_at": st.get("ended_at"),
+            "evaluated_at": dd.get("evaluated_at"),
+            "expires_at": dc.get("expires_at") or sd.get("expires_at"),
+            "requested_at": None if first is None else iso_us(first.at_us),
+            "spawned_at": None if spawned is None else iso_us(spawned.at_us),
+            "timeout_seconds": sd.get("timeout_seconds"),
+        },
+        "unavailable": sorted(pruned_types),
+        "verdict": None if verdict is None else _sorted({**verdict, "evaluated_at": dd.get("evaluated_at")}),
     }

@@ -217,17 +217,16 @@ def _build_report(
         sc, current if current is not None else gate.default_constitution(), current_source
     )
     rerunner = Rerunner(sc, requests, rules)
-    assert sc.verify is not None
-    verify = sc.verify.to_json()
-    newest = _checkpoint(ledger, sc)
-    found = fnd.ledger_findings(verify, newest)
+    found: list[dict[str, Any]] = []
     hops: list[dict[str, Any]] = []
     ancestors: dict[str, list[str]] = {}
+    reruns = rerunner.start([s for s in streams if sc.in_window(s, window)])  # a share in a child
     for s in streams:
         ancestors[s] = lineage(sc, s)
-        hop = hop_node(sc, requests, s, ancestors[s], window)
-        hop["rerun"] = rerunner.rerun(s) if hop["in_window"] else None
-        hops.append(hop)
+        hops.append(hop_node(sc, requests, s, ancestors[s], window))
+    done = reruns.result()
+    for hop in hops:
+        hop["rerun"] = done.get(hop["session_id"])
     in_window = {h["session_id"] for h in hops if h["in_window"]}
     keep = set(in_window)
     for h in hops:  # ancestors of in-window hops stay as context
@@ -238,6 +237,9 @@ def _build_report(
         if h["in_window"]:
             last = sc.by_stream[h["session_id"]][-1].at_us
             found += fnd.rerun_findings(h) + fnd.hop_findings(h, last, now, stale_after)
+    verify = sc.verified().to_json()  # the verify child (if any) has had the time to finish
+    newest = _checkpoint(ledger, sc)
+    found = fnd.ledger_findings(verify, newest) + found
     kept, retention_findings = fnd.retention(sc, retention_min, now)
     found += retention_findings
     found.sort(

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 import gate
+from engine.audit.forked import Child
 from engine.audit.scan import AncestorAt, ContextAt, Ev, LedgerScan
 from ledger.entry import us_to_datetime
 from schemas.base import parse_rfc3339
@@ -108,22 +109,68 @@ def _verdict_keys(findings: list[Any]) -> list[str]:
 def _outcome(
     recorded: dict[str, Any], verdict: gate.Verdict | None, ruleset_hash: str | None, problem: str | None
 ) -> dict[str, Any]:
-    """How a re-run compares with the recorded verdict (`ruleset_hash`: the rules it ran under)."""
+    """How a re-run compares with the recorded verdict (`ruleset_hash`: the rules it ran under).
+    (Keys in order: the report's encoder then has none to sort.)"""
     if verdict is None or ruleset_hash is None:
-        return {"ruleset_hash": ruleset_hash, "available": False, "reason": problem}
+        return {"available": False, "reason": problem, "ruleset_hash": ruleset_hash}
     old_keys = _finding_keys(recorded.get("violations", [])) + _finding_keys(recorded.get("warnings", []))
     new_keys = _verdict_keys(verdict.violations) + _verdict_keys(verdict.warnings)
+    same = old_keys == new_keys
     return {
-        "ruleset_hash": ruleset_hash,
+        "added": [] if same else sorted(set(new_keys) - set(old_keys)),
         "available": True,
         "decision": verdict.decision,
+        "removed": [] if same else sorted(set(old_keys) - set(new_keys)),
+        "ruleset_hash": ruleset_hash,
         "same_decision": verdict.decision == recorded.get("decision"),
-        "same_findings": old_keys == new_keys,
+        "same_findings": same,
         "violations": sorted({f.rule for f in verdict.violations}),
         "warnings": sorted({f.rule for f in verdict.warnings}),
-        "added": sorted(set(new_keys) - set(old_keys)),
-        "removed": sorted(set(old_keys) - set(new_keys)),
     }
+
+
+def _unavailable(notes: list[str], context: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "context": context,
+        "current_rules": None,
+        "exact": False,
+        "notes": notes,
+        "one_evaluation": False,
+        "recorded_rules": None,
+        "status": "unavailable",
+    }
+
+
+#: below this many decisions a child's fork and answer cost more than it saves
+FORK_MIN_RERUNS = 200
+#: the share of the re-runs given to the child: this process builds every hop of the tree meanwhile
+CHILD_SHARE = 0.6
+
+
+class Reruns:
+    """Re-runs under way: a share in a forked child (see forked.py), the rest done here on demand."""
+
+    def __init__(self, rerunner: Rerunner, streams: list[str]) -> None:
+        self.rerunner = rerunner
+        cut = int(len(streams) * CHILD_SHARE) if len(streams) >= FORK_MIN_RERUNS else 0
+        self.theirs, self.ours = streams[:cut], streams[cut:]
+        self.child = None
+        if self.theirs:
+            theirs = self.theirs
+            self.child = Child.start(lambda: [rerunner.rerun(s) for s in theirs])
+            if self.child is None:
+                self.theirs, self.ours = [], streams
+
+    def result(self) -> dict[str, dict[str, Any]]:
+        """Every stream's re-run (the child's share re-run here if the child failed)."""
+        rerun = self.rerunner.rerun
+        done = {s: rerun(s) for s in self.ours}
+        if self.theirs:
+            answer = None if self.child is None else self.child.result()
+            if not isinstance(answer, list) or len(answer) != len(self.theirs):
+                answer = [rerun(s) for s in self.theirs]
+            done.update(zip(self.theirs, answer, strict=True))
+        return done
 
 
 class Rerunner:
@@ -136,6 +183,10 @@ class Rerunner:
         self._hops: dict[tuple[str, bool, int | None, float | None], gate.Hop] = {}
         self._directories: dict[tuple[Any, ...], gate.DirectoryFacts] = {}
         self._catalogues: dict[tuple[Any, ...], frozenset[str]] = {}
+
+    def start(self, streams: list[str]) -> Reruns:
+        """Re-run the decisions of `streams`: a share starts now in a forked child when there are many."""
+        return Reruns(self, streams)
 
     def _hop(self, a: AncestorAt) -> gate.Hop | None:
         tokens = None if a.max_tokens is None else int(a.max_tokens) - a.subtree_tokens
@@ -196,7 +247,9 @@ class Rerunner:
         return self._catalogues[key]
 
     def rerun(self, stream: str) -> dict[str, Any]:
-        """The re-run of one stream's decision: context used, outcome under recorded and current rules."""
+        """The re-run of one stream's decision: context used, outcome under recorded and current rules.
+        When the recorded rules are the current ones (same hash), the gate being a pure function, one
+        evaluation answers both: `one_evaluation` says so, and both outcomes are that one."""
         decided = self.scan.first(stream, "gate.decided")
         if decided is None or decided.data is None:
             why = (
@@ -204,92 +257,86 @@ class Rerunner:
                 if decided is None
                 else f"the gate.decided payload (seq {decided.seq}) is pruned"
             )
-            return {
-                "status": "unavailable",
-                "exact": False,
-                "notes": [why],
-                "recorded_rules": None,
-                "current_rules": None,
-                "context": None,
-            }
+            return _unavailable([why], None)
         data = decided.data
         recorded = data["verdict"]
         notes: list[str] = []
         raw = self.requests.raw(stream)
-        if raw is None or set(raw) == {"unrepresentable"}:
+        representable = raw is not None and set(raw) != {"unrepresentable"}
+        if not representable:
             notes.append("the recorded request is unavailable (pruned, or not representable as JSON)")
         ctx = self.scan.contexts.get(stream)
         facts = data.get("facts") or {}
-        exact = (
-            bool(facts)
-            and data.get("evaluated_at") is not None
-            and ctx is not None
-            and ctx.head_seq is not None
-        )
-        if not facts or data.get("evaluated_at") is None:
+        evaluated_at = data.get("evaluated_at")
+        exact = bool(facts) and evaluated_at is not None and ctx is not None and ctx.head_seq is not None
+        if not facts or evaluated_at is None:
             notes.append(
                 "the decision recorded no evaluated_at/facts: re-run approximated with the entry time "
                 "and without directory facts or role catalogue"
             )
-        if ctx is not None and ctx.head_seq is None:
+        if ctx is None:  # no gate.decided seen by the fold: nothing to rebuild the context from
+            return _unavailable(notes, None)
+        if ctx.head_seq is None:
             notes.append(
                 "the verdict's ledger_head is not in the chain: context taken just before the decision"
             )
-        if ctx is not None and ctx.broken_ancestry:
+        if ctx.broken_ancestry:
             notes.append(ctx.broken_ancestry)
-        rebuilt = None if ctx is None else [a.session_id for a in ctx.parents]
-        if ctx is not None and isinstance(facts.get("parents"), list) and facts["parents"] != rebuilt:
+        rebuilt = [a.session_id for a in ctx.parents]
+        if isinstance(facts.get("parents"), list) and facts["parents"] != rebuilt:
             notes.append(f"the recorded parents {facts['parents']} differ from the rebuilt chain {rebuilt}")
             exact = False
+        context = {
+            "as_of_seq": ctx.head_seq,
+            "evaluated_at": evaluated_at,
+            "facts_recorded": bool(facts),
+            "parents": rebuilt,
+            "revoked_on_path": [
+                a.session_id for a in ctx.parents if a.revoked or a.session_id in ctx.revoked
+            ],
+        }
         chain = None
-        if ctx is not None and raw is not None and set(raw) != {"unrepresentable"}:
+        if representable:
             chain, problem = self.context(ctx, facts, recorded.get("ledger_head"))
             if chain is None:
                 notes.append(problem)
-        now = _when(data.get("evaluated_at"), decided.at_us)
-        context = (
-            None
-            if ctx is None
-            else {
-                "as_of_seq": ctx.head_seq,
-                "parents": rebuilt,
-                "revoked_on_path": [
-                    a.session_id for a in ctx.parents if a.revoked or a.session_id in ctx.revoked
-                ],
-                "evaluated_at": data.get("evaluated_at"),
-                "facts_recorded": bool(facts),
-            }
-        )
         if chain is None or raw is None:
-            return {
-                "status": "unavailable",
-                "exact": False,
-                "notes": notes,
-                "recorded_rules": None,
-                "current_rules": None,
-                "context": context,
-            }
+            return _unavailable(notes, context)
+        return self._judge(decided, data, raw, chain, context, notes, exact)
+
+    def _judge(
+        self,
+        decided: Ev,
+        data: dict[str, Any],
+        raw: dict[str, Any],
+        chain: gate.ChainContext,
+        context: dict[str, Any],
+        notes: list[str],
+        exact: bool,
+    ) -> dict[str, Any]:
+        recorded = data["verdict"]
+        now = _when(data.get("evaluated_at"), decided.at_us)
         recorded_hash = str(recorded.get("ruleset_hash"))
         old, problem = self.rules.recorded(recorded_hash)
         old_verdict = None if old is None else gate.evaluate(raw, chain, now, old)
         under_old = _outcome(recorded, old_verdict, old and recorded_hash, problem)
-        current = self.rules.current
-        if old is not None and recorded_hash == self.rules.current_hash:  # one rule set: one run
+        one = old is not None and recorded_hash == self.rules.current_hash
+        if one:  # one rule set, a pure function: one evaluation answers both
             under_new = under_old
         else:
-            new_verdict = gate.evaluate(raw, chain, now, current)
+            new_verdict = gate.evaluate(raw, chain, now, self.rules.current)
             under_new = _outcome(recorded, new_verdict, self.rules.current_hash, None)
         differs = not under_new["same_decision"] or (
             under_old["available"] and not under_old["same_decision"]
         )
-        status = "differs" if differs else ("reproduced" if exact else "approximate")
         return {
-            "status": status,
+            "context": context,
+            "current_rules": under_new,
             "exact": exact,
             "notes": notes,
+            "one_evaluation": one,
             "recorded_rules": under_old,
-            "current_rules": under_new,
-            "context": context,
+            "status": "differs" if differs else ("reproduced" if exact else "approximate"),
         }
 
 

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from ledger import Entry, Ledger, VerifyReport, verify_entries
+from engine.audit.forked import Child, rows_until, start_verify, verify_file
+from ledger import Ledger, VerifyReport, verify_rows
+from ledger import sqlite_store as store
 from ledger.canonical import load_payload
 from ledger.entry import Head
 from ledger.projections import PROJECTED_TYPES, DictSessions, Projector
@@ -43,11 +45,11 @@ class Ev(NamedTuple):
     def evidence(self) -> dict[str, Any]:
         """The entry's coordinates as evidence: seq, type, hash, time, and whether its payload is gone."""
         return {
+            "hash": self.hash_bytes.hex(),
+            "pruned": self.data is None,
+            "recorded_at": iso_us(self.at_us),
             "seq": self.seq,
             "type": self.type,
-            "hash": self.hash_bytes.hex(),
-            "recorded_at": iso_us(self.at_us),
-            "pruned": self.data is None,
         }
 
 
@@ -91,6 +93,36 @@ class LedgerScan:
     unreadable: list[int] = field(default_factory=list)  # seqs whose payload is not its event's JSON
     _tasks: dict[str, str | None] = field(default_factory=dict)
     _parents: dict[str, str | None] = field(default_factory=dict)
+    _child: Child | None = None
+    _last: int = 0
+    _verify_args: tuple[Any, ...] = ()
+
+    def verified(self) -> VerifyReport:
+        """The verify report of the entries read: the forked child's (waited for here), or this
+        process's own when the child could not run or failed (then re-read and verified here)."""
+        if self.verify is None:
+            report = None if self._child is None else self._child.result()
+            if not isinstance(report, VerifyReport):
+                report = None
+            elif report.ok and report.head != (self.head.hex if self.events else None):
+                report = None  # the child read other entries than this process did: verify here
+            if report is None:
+                path, durable, verifier, origin = self._verify_args
+                report = verify_file(
+                    path,
+                    self._last,
+                    checkpoints=self.checkpoints,
+                    verifier=verifier,
+                    origin=origin,
+                    durable=durable,
+                )
+            self.verify = report
+        return self.verify
+
+    def in_window(self, stream: str, window: tuple[int, int]) -> bool:
+        """Whether the stream's first entry lies in `window` (microseconds, start included)."""
+        events = self.by_stream.get(stream)
+        return bool(events) and window[0] <= events[0].at_us < window[1]  # type: ignore[index]
 
     def first(self, stream: str, type_: str) -> Ev | None:
         return self.firsts.get((stream, type_))
@@ -146,8 +178,8 @@ def iso_us(us: int) -> str:
     return f"{_second(seconds)}.{micros:06d}Z" if micros else f"{_second(seconds)}Z"
 
 
-def _read(out: LedgerScan, entries: Iterable[Entry], decisions: list[Ev]) -> Iterator[Entry]:
-    """Index every entry into `out` while handing it on (to the verifier)."""
+def _read(out: LedgerScan, rows: Iterable[tuple[Any, ...]], decisions: list[Ev]) -> Iterator[tuple[Any, ...]]:
+    """Index every stored row into `out` while handing it on (to the verifier, when it runs here)."""
     loads = load_payload  # canonical UTF-8 bytes: no per-call encoding sniffing
     kept = {
         "gate.decided": decisions,
@@ -155,45 +187,81 @@ def _read(out: LedgerScan, entries: Iterable[Entry], decisions: list[Ev]) -> Ite
         "ledger.pruned": out.prunes,
         "audit.issued": out.audits,
     }
+    names: dict[Any, str] = {}  # stored names come as bytes (see sqlite_store.iter_rows): decoded once
     events, by_stream, firsts, seq_of_hash = out.events, out.by_stream, out.firsts, out.seq_of_hash
-    for entry in entries:
-        payload = entry.payload
+    unreadable = out.unreadable
+    for row in rows:
+        seq, stream, type_, at, payload, _salt, _phash, h = row
+        s = names.get(stream)
+        if s is None:
+            s = names[stream] = _text(stream)
+        t = names.get(type_)
+        if t is None:
+            t = names[type_] = _text(type_)
         data = None
         if payload is not None:
             try:
                 data = loads(payload)
             except ValueError:  # bytes changed behind the chain's back: verify names the entry
-                out.unreadable.append(entry.seq)
-            if data is not None and (type(data) is not dict or data.get("type") != entry.type):
-                out.unreadable.append(entry.seq)
+                unreadable.append(seq)
+            if data is not None and (type(data) is not dict or data.get("type") != t):
+                unreadable.append(seq)
                 data = None
-        ev = Ev(entry.seq, entry.stream, entry.type, entry.recorded_at_us, entry.hash, data)
+        ev = Ev(seq, s, t, at, h, data)
         events.append(ev)
-        by_stream[ev.stream].append(ev)
-        key = (ev.stream, ev.type)
+        by_stream[s].append(ev)
+        key = (s, t)
         if key not in firsts:
             firsts[key] = ev
-        seq_of_hash[ev.hash_bytes] = ev.seq
-        if ev.type in kept:
-            kept[ev.type].append(ev)
-        yield entry
+        seq_of_hash[h] = seq
+        if t in kept:
+            kept[t].append(ev)
+        yield row
 
 
-def scan(ledger: Ledger) -> LedgerScan:
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "surrogateescape") if type(value) is bytes else str(value)
+
+
+def scan(ledger: Ledger, *, fork: bool = True) -> LedgerScan:
     """Read the whole chain once: verify it (every link, payload hash and checkpoint, recomputed) while
-    indexing and folding it, and capture each decision's context as of the ledger head it recorded."""
+    indexing and folding it, and capture each decision's context as of the ledger head it recorded.
+
+    With `fork` (and where forked.can_fork), the verify runs in a forked child over its own
+    read of the same entries 1..head while this process reads, decodes and folds them; its report
+    is taken by `LedgerScan.verified()`. Otherwise the verifier runs over this process's read."""
     checkpoints = ledger.checkpoints()  # read first: each one is then within the entries read below
+    last = ledger.head().size
+    verifier, origin = ledger.verifier(), ledger.origin
     out = LedgerScan(head=Head(0, bytes(32), 0), checkpoints=checkpoints)
-    decisions: list[Ev] = []
-    reader = _read(out, ledger.entries(), decisions)
-    out.verify = verify_entries(
-        reader, checkpoints=checkpoints, verifier=ledger.verifier(), origin=ledger.origin
+    out._last = last
+    out._verify_args = (ledger.path, ledger.durable, verifier, origin)
+    child = (
+        start_verify(
+            ledger.path,
+            last,
+            checkpoints=checkpoints,
+            verifier=verifier,
+            origin=origin,
+            durable=ledger.durable,
+        )
+        if fork
+        else None
     )
-    for _ in reader:  # verify stops at the first problem: the audit still reads everything
-        pass
+    decisions: list[Ev] = []
+    conn = store.connect(ledger.path, durable=ledger.durable, readonly=True)
+    try:
+        reader = _read(out, rows_until(store.iter_rows(conn), last), decisions)
+        if child is None:
+            out.verify = verify_rows(reader, checkpoints=checkpoints, verifier=verifier, origin=origin)
+        for _ in reader:  # verify stops at the first problem: the audit still reads everything
+            pass
+    finally:
+        conn.close()
+    out._child = child
     if out.events:
-        last = out.events[-1]
-        out.head = Head(last.seq, last.hash_bytes, last.at_us)
+        last_ev = out.events[-1]
+        out.head = Head(last_ev.seq, last_ev.hash_bytes, last_ev.at_us)
     capture: dict[int, list[tuple[Ev, bool]]] = defaultdict(list)
     for d in decisions:
         head_hash = (((d.data or {}).get("verdict") or {}).get("ledger_head")) or ""

@@ -1,0 +1,158 @@
+"""The audit's work on the second core, in forked children.
+
+- The verify of the whole chain: a child re-reads the entries 1..last from the database and runs
+  the ledger's own verifier over them, while the audit reads, decodes and folds the same entries.
+- A share of the decisions' re-runs: a child forked after the fold inherits the scan and re-runs
+  them while the audit builds the tree and re-runs the others.
+
+A child is a plain `os.fork()`: it inherits what was computed before (copy-on-write), opens its
+own read-only connection if it reads the database (never one of the parent's), sends its pickled
+answer back through a pipe and leaves with `os._exit` (no atexit handler, no finaliser of the
+parent's state).
+Forking is only done where it is safe and useful: a POSIX system with two cores or more, called
+from the main thread, and no other thread in the process but idle ledger writers (a fork copies
+locks held by other threads, never their owners; an idle `ledger-writer` waits on its queue and
+holds none the child needs), as in the CLI and the benchmark. Otherwise (the MCP server's
+threads, `LEDGER_AUDIT_FORK=0`), and whenever the child fails in any way or does not answer in
+time (it is then killed), the audit verifies in this process instead.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import select
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from itertools import takewhile
+from pathlib import Path
+from typing import Any
+
+from ledger import VerifyReport, verify_rows
+from ledger import sqlite_store as store
+from ledger.checkpoint import Verifier
+from ledger.verify import StoredCheckpoint
+
+
+def can_fork() -> bool:
+    """Whether a verify child may be forked here (see the module's docstring)."""
+    main = threading.current_thread()
+    return (
+        hasattr(os, "fork")
+        and (os.cpu_count() or 1) > 1
+        and main is threading.main_thread()
+        and all(t is main or t.name in _IDLE_THREADS for t in threading.enumerate())
+        and os.environ.get("LEDGER_AUDIT_FORK", "1") != "0"
+    )
+
+
+#: threads that may be running when the child is forked: the ledger's writer, idle while auditing
+_IDLE_THREADS = frozenset({"ledger-writer"})
+#: the child's time allowance: generous (verify runs at about 8 us an entry), then it is killed
+_ALLOWANCE_S, _ALLOWANCE_PER_ENTRY_S = 10.0, 100e-6
+
+
+def rows_until(rows: Iterator[tuple[Any, ...]], last: int) -> Iterator[tuple[Any, ...]]:
+    """The stored rows of entries 1..last (entries appended since the audit began are not its)."""
+    return takewhile(lambda row: row[0] <= last, rows)
+
+
+def verify_file(
+    path: Path,
+    last: int,
+    *,
+    checkpoints: Sequence[StoredCheckpoint],
+    verifier: Verifier | None,
+    origin: str | None,
+    durable: bool = True,
+) -> VerifyReport:
+    """Verify entries 1..last of the ledger at `path` on a connection of its own (sequential)."""
+    conn = store.connect(path, durable=durable, readonly=True)
+    try:
+        return verify_rows(
+            rows_until(store.iter_rows(conn), last), checkpoints=checkpoints, verifier=verifier, origin=origin
+        )
+    finally:
+        conn.close()
+
+
+class Child:
+    """Work running in a forked child; `result()` waits for its answer (None when it failed)."""
+
+    def __init__(self, pid: int, fd: int, timeout: float) -> None:
+        self.pid, self.fd, self.timeout = pid, fd, timeout
+        self._done = False
+        self._result: Any = None
+
+    @classmethod
+    def start(cls, work: Callable[[], Any], *, allowance_s: float = _ALLOWANCE_S) -> Child | None:
+        """Fork a child that runs `work()` and answers its pickled result (None when no child can be
+        forked here: do the work in this process instead). `allowance_s`: its time before being killed."""
+        if not can_fork():
+            return None
+        read_fd, write_fd = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(read_fd)
+            os.close(write_fd)
+            return None
+        if pid == 0:  # the child: work, answer, leave without touching the parent's state
+            code = 1
+            try:
+                os.close(read_fd)
+                data = pickle.dumps(work(), protocol=pickle.HIGHEST_PROTOCOL)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(write_fd, view) :]
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        return cls(pid, read_fd, allowance_s)
+
+    def result(self) -> Any:
+        """The child's answer, once (None when the child failed: the caller does the work itself)."""
+        if self._done:
+            return self._result
+        self._done = True
+        chunks = []
+        status = -1
+        try:
+            while select.select([self.fd], [], [], self.timeout)[0]:
+                chunk = os.read(self.fd, 1 << 20)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            else:  # no answer in time (a lock the fork copied held?): kill it, work here
+                os.kill(self.pid, signal.SIGKILL)
+                chunks = []
+        finally:
+            os.close(self.fd)
+            _, status = os.waitpid(self.pid, 0)
+        if status != 0 or not chunks:
+            return None
+        try:
+            self._result = pickle.loads(b"".join(chunks))  # noqa: S301 - our own child's answer
+        except Exception:  # a child that died mid-write: the caller does the work itself
+            return None
+        return self._result
+
+
+def start_verify(
+    path: Path,
+    last: int,
+    *,
+    checkpoints: Sequence[StoredCheckpoint],
+    verifier: Verifier | None,
+    origin: str | None,
+    durable: bool = True,
+) -> Child | None:
+    """Verify entries 1..last in a forked child (None: verify in this process)."""
+    return Child.start(
+        lambda: verify_file(
+            path, last, checkpoints=checkpoints, verifier=verifier, origin=origin, durable=durable
+        ),
+        allowance_s=_ALLOWANCE_S + last * _ALLOWANCE_PER_ENTRY_S,
+    )
