@@ -132,7 +132,12 @@ class Ledger:
         return Pending(stream, type_, payload, data)
 
     def _commit(self, p: Pending) -> None:
-        """Hand one append (or group) to the writer and wait until it is durably committed or failed."""
+        """Commit one append (or group) durably, or fail: on this thread when the writer is idle, else
+        through the writer's queue, waiting for its batch."""
+        if self._writer.commit_here(p):
+            if p.error is not None:
+                raise p.error
+            return
         p.lock = threading.Lock()
         p.lock.acquire()
         self._writer.submit(p)

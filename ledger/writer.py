@@ -146,6 +146,10 @@ class Writer:
         self._session_cache: dict[str, dict[str, Any] | None] = {}
         self._data_version = -1
         self._closed = False
+        #: whoever holds this uses the connection: the writer thread, or a caller committing its own append
+        self._conn_lock = threading.Lock()
+        #: the writer thread has taken work off the queue and not yet released it
+        self._busy = False
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
@@ -159,6 +163,25 @@ class Writer:
         if self._closed:
             raise LedgerClosed("the ledger is closed; nothing more can be appended")
         self._queue.put(pending)
+
+    def commit_here(self, pending: Pending) -> bool:
+        """Commit `pending` on the caller's own thread when the writer is idle, sparing the two thread
+        switches of a hand-off (a lone appender's latency); False when busy: `submit` it instead.
+
+        The same batch code runs under the same lock, so durability and the chain are as for any batch.
+        Callers that do not wait for their appends get no order between them either way.
+        """
+        if self._closed:
+            raise LedgerClosed("the ledger is closed; nothing more can be appended")
+        if self._busy or not self._queue.empty() or not self._conn_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._busy or not self._queue.empty():
+                return False
+            self._commit_batch([pending])
+        finally:
+            self._conn_lock.release()
+        return True
 
     def close(self) -> None:
         if not self._closed:
@@ -182,6 +205,7 @@ class Writer:
             first = get()
             if first is _STOP:
                 break
+            self._busy = True
             batch = [first]
             try:
                 while len(batch) < MAX_BATCH:
@@ -192,7 +216,9 @@ class Writer:
                     batch.append(item)
             except queue.Empty:
                 pass
-            self._commit_batch(batch)
+            with self._conn_lock:
+                self._commit_batch(batch)
+            self._busy = False
         # drain anything left after close (should not happen: submit refuses after close)
         self.conn.close()
 

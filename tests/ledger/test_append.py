@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from ledger_support import fresh_ledger, jcs_loads, raw_db, run_child, spawn_child
 from strategies import events, stream_events
 
-from ledger import Ledger, LedgerClosed, PayloadError, canonical_bytes, encode_event
+from ledger import Entry, Ledger, LedgerClosed, PayloadError, canonical_bytes, encode_event
 from ledger.chain import GENESIS_HASH, chain_hash, payload_hash
 from schemas.events import (
     AgentSpawned,
@@ -291,6 +291,37 @@ class TestConcurrentAppends:
         for th in threads:
             th.join()
         assert sorted(seqs) == list(range(1, 321))
+        assert ledger.verify().ok
+
+    def test_lone_and_queued_appends_mixed_keep_each_callers_order(self, ledger: Ledger) -> None:
+        """Threads appending one by one (committed on their own thread when the writer is idle) while
+        64 coroutines append through the writer's queue: every entry is acknowledged once, with the
+        seq and hash stored, each caller's entries keep its order, and the chain verifies."""
+        got: dict[str, list[Entry]] = {}
+
+        def work(t: int) -> None:
+            got[f"thread-{t}"] = [ledger.append(f"thread-{t}", note(i)) for i in range(60)]
+
+        async def coros() -> None:
+            async def one(c: int) -> None:
+                got[f"coro-{c}"] = [await ledger.append_async(f"coro-{c}", note(i)) for i in range(5)]
+
+            await asyncio.gather(*(one(c) for c in range(64)))
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(3)]
+        for th in threads:
+            th.start()
+        asyncio.run(coros())
+        for th in threads:
+            th.join()
+        stored = {e.seq: e for e in ledger.entries()}
+        acknowledged = [e for entries in got.values() for e in entries]
+        assert sorted(e.seq for e in acknowledged) == list(range(1, 3 * 60 + 64 * 5 + 1))
+        for e in acknowledged:
+            assert (stored[e.seq].hash, stored[e.seq].stream) == (e.hash, e.stream)
+        for entries in got.values():
+            assert [e.seq for e in entries] == sorted(e.seq for e in entries)
+            assert [e.data()["text"] for e in entries] == [f"note {i}" for i in range(len(entries))]
         assert ledger.verify().ok
 
     def test_append_many_commits_in_order(self, ledger: Ledger) -> None:
