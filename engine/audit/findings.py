@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from engine.audit.canonical import number
 from engine.audit.scan import LedgerScan, iso_us
 from ledger.entry import datetime_to_us
 
@@ -312,12 +313,14 @@ def retention(
                 "seq": seq,
                 "recorded_at": iso_us(p.at_us),
                 "cutoff": d.get("cutoff"),
-                "kept_days": round(kept_days, 3),
+                "kept_days": number(round(kept_days, 3)),
                 "entries": d.get("entries"),
                 "archive": d.get("archive"),
                 "archive_sha256": d.get("archive_sha256"),
                 "ok": ok,
-                "youngest_pruned_age_days": None if young is None else round((p.at_us - young) / 86_400e6, 3),
+                "youngest_pruned_age_days": None
+                if young is None
+                else number(round((p.at_us - young) / 86_400e6, 3)),
             }
         )
         if not ok:
@@ -342,10 +345,14 @@ def retention(
         )
     age_days = None if oldest is None else (now_us - oldest.at_us) / 86_400e6
     section = {
-        "minimum_days": minimum_days,
+        "minimum_days": number(minimum_days),
         "oldest_entry": None
         if oldest is None
-        else {"seq": oldest.seq, "recorded_at": iso_us(oldest.at_us), "age_days": round(age_days or 0.0, 3)},
+        else {
+            "seq": oldest.seq,
+            "recorded_at": iso_us(oldest.at_us),
+            "age_days": number(round(age_days or 0.0, 3)),
+        },
         "oldest_payload": None
         if oldest_payload is None
         else {"seq": oldest_payload.seq, "recorded_at": iso_us(oldest_payload.at_us)},

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Any
 
+from engine.audit.canonical import number
 from engine.audit.rerun import Requests
 from engine.audit.scan import TERMINAL_TYPES, Ev, LedgerScan, iso_us
 from gate.normalise import norm_text
@@ -234,11 +235,14 @@ def hop_node(
         "actions": actions(scan, stream, spawned, window),
         "budget": {
             "allocated": {"max_cost_usd": st.get("max_cost_usd"), "max_tokens": st.get("max_tokens")},
-            "consumed": {"cost_usd": round(st.get("cost_usd", 0.0), 9), "tokens": st.get("tokens_used", 0)},
+            "consumed": {
+                "cost_usd": number(round(st.get("cost_usd", 0.0), 9)),
+                "tokens": st.get("tokens_used", 0),
+            },
             "exceeded": exceeded,
             "requested": {"max_cost_usd": budget.get("max_cost_usd"), "max_tokens": budget.get("max_tokens")},
             "subtree": {
-                "cost_usd": round(st.get("subtree_cost_usd", 0.0), 9),
+                "cost_usd": number(round(st.get("subtree_cost_usd", 0.0), 9)),
                 "tokens": st.get("subtree_tokens", 0),
             },
         },

@@ -16,7 +16,7 @@ from typing import Any
 
 import gate
 from engine.audit import findings as fnd
-from engine.audit.canonical import report_bytes
+from engine.audit.canonical import number, report_bytes
 from engine.audit.hops import hop_node
 from engine.audit.rerun import Requests, Rerunner, Rulebook
 from engine.audit.scan import LedgerScan, iso_us, scan
@@ -258,8 +258,8 @@ def _build_report(
             "session_id": session_id,
             "since": since and iso_us(datetime_to_us(since)),
             "until": until and iso_us(datetime_to_us(until)),
-            "retention_min_days": retention_min.total_seconds() / 86400,
-            "stale_after_seconds": stale_after.total_seconds(),
+            "retention_min_days": number(retention_min.total_seconds() / 86400),
+            "stale_after_seconds": number(stale_after.total_seconds()),
         },
         "ledger": {
             "ledger_id": ledger.ledger_id,
@@ -297,7 +297,7 @@ def _build_report(
                 1 for h in audited for a in h["actions"] if a["kind"] == "permission"
             ),
             "tokens": sum(h["budget"]["consumed"]["tokens"] for h in audited),
-            "cost_usd": round(sum(h["budget"]["consumed"]["cost_usd"] for h in audited), 9),
+            "cost_usd": number(round(sum(h["budget"]["consumed"]["cost_usd"] for h in audited), 9)),
             "reruns": {
                 st: sum(1 for h in audited if (h["rerun"] or {}).get("status") == st)
                 for st in ("reproduced", "approximate", "differs", "unavailable")

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, NamedTuple
 
+import orjson
+
 from engine.audit.forked import Child, rows_until, start_verify, verify_file
 from ledger import Ledger, VerifyReport, verify_rows
 from ledger import sqlite_store as store
@@ -180,7 +182,7 @@ def iso_us(us: int) -> str:
 
 def _read(out: LedgerScan, rows: Iterable[tuple[Any, ...]], decisions: list[Ev]) -> Iterator[tuple[Any, ...]]:
     """Index every stored row into `out` while handing it on (to the verifier, when it runs here)."""
-    loads = load_payload  # canonical UTF-8 bytes: no per-call encoding sniffing
+    loads = orjson.loads  # canonical UTF-8 bytes; what orjson refuses goes to the stdlib below
     kept = {
         "gate.decided": decisions,
         "constitution.loaded": out.constitutions,
@@ -202,8 +204,11 @@ def _read(out: LedgerScan, rows: Iterable[tuple[Any, ...]], decisions: list[Ev])
         if payload is not None:
             try:
                 data = loads(payload)
-            except ValueError:  # bytes changed behind the chain's back: verify names the entry
-                unreadable.append(seq)
+            except ValueError:
+                try:  # NaN, a huge integer: JSON to Python's parser, not to orjson's
+                    data = load_payload(payload)
+                except ValueError:  # bytes changed behind the chain's back: verify names the entry
+                    unreadable.append(seq)
             if data is not None and (type(data) is not dict or data.get("type") != t):
                 unreadable.append(seq)
                 data = None
