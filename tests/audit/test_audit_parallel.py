@@ -1,0 +1,193 @@
+"""The audit's work on the second core (engine/audit/forked.py) and its shortcuts give the report the
+plain sequential audit gives: same bytes, same verify (tampering included), same re-runs."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from audit_support import TASK, Chain
+
+import gate
+from engine.audit import build_report, forked, rerun
+from engine.audit.canonical import fast_canonical, number
+from engine.audit.hops import _coverage
+from engine.audit.scan import Ev
+from ledger import Ledger, canonical_bytes
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+Hops = Any
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Children are forked here whatever threads the test session left behind (they are idle), for
+    any number of re-runs; returns the kind of every child started ("verify" or "reruns")."""
+    monkeypatch.setenv("LEDGER_AUDIT_FORK", "1")
+    monkeypatch.setattr(forked, "can_fork", lambda: True)
+    monkeypatch.setattr(rerun, "FORK_MIN_RERUNS", 1)
+    kinds: list[str] = []
+    real_verify, real_start = forked.start_verify, forked.Child.start
+
+    def start_verify(*args: Any, **kwargs: Any) -> forked.Child | None:
+        child = real_verify(*args, **kwargs)
+        kinds.append("verify") if child is not None else None
+        return child
+
+    def start(work: Any, **kwargs: Any) -> forked.Child | None:
+        child = real_start(work, **kwargs)
+        if child is not None and not kwargs:
+            kinds.append("reruns")
+        return child
+
+    import engine.audit.scan as scan_module
+
+    monkeypatch.setattr(scan_module, "start_verify", start_verify)
+    monkeypatch.setattr(forked.Child, "start", staticmethod(start))
+    return kinds
+
+
+def _audit(db: Path, rules: gate.Constitution, task: str = TASK) -> dict[str, Any]:
+    with Ledger.open(db, create=False) as led:
+        return build_report(led, task, current=rules, now=NOW)
+
+
+def _serial(db: Path, rules: gate.Constitution, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    with monkeypatch.context() as m:
+        m.setenv("LEDGER_AUDIT_FORK", "0")
+        m.setattr(forked, "can_fork", lambda: False)
+        return _audit(db, rules)
+
+
+class TestForked:
+    def test_forked_report_is_the_serial_report(
+        self, chain_keys: Chain, rules: gate.Constitution, started: list[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Verify in one child, a share of the re-runs in another: the same canonical bytes."""
+        parallel = _audit(chain_keys.db, rules)
+        assert started == ["verify", "reruns"]
+        serial = _serial(chain_keys.db, rules, monkeypatch)
+        assert canonical_bytes(parallel) == canonical_bytes(serial)
+        assert parallel["ledger"]["verify"]["ok"] is True
+        assert parallel["summary"]["reruns"]["reproduced"] == 7
+
+    def test_a_failed_child_is_done_here(
+        self, chain_keys: Chain, rules: gate.Constitution, started: list[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A child that answers nothing (crashed, killed) costs time, never content."""
+        monkeypatch.setattr(forked.Child, "result", lambda self: None)
+        parallel = _audit(chain_keys.db, rules)
+        assert started == ["verify", "reruns"]
+        assert canonical_bytes(parallel) == canonical_bytes(_serial(chain_keys.db, rules, monkeypatch))
+
+    def test_child_that_never_answers_is_killed(self) -> None:
+        """A child stuck past its allowance is killed and reported as failed (the caller then works)."""
+        child = forked.Child.start(lambda: __import__("time").sleep(30), allowance_s=0.2)
+        if child is None:
+            pytest.skip("no fork on this system")
+        assert child.result() is None
+
+    def test_child_answers_its_work(self) -> None:
+        child = forked.Child.start(lambda: {"answer": [1, 2.5, "x"]})
+        if child is None:
+            pytest.skip("no fork on this system")
+        assert child.result() == {"answer": [1, 2.5, "x"]}
+        assert child.result() == {"answer": [1, 2.5, "x"]}  # asked twice: the same answer
+
+    def test_tampered_ledger_is_reported_alike(
+        self,
+        chain_keys: Chain,
+        rules: gate.Constitution,
+        tmp_path: Path,
+        started: list[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The forked verify names the same first bad entry as the verify done while reading."""
+        db = chain_keys.copy_to(tmp_path / "copy")
+        conn = sqlite3.connect(db)
+        seq, payload = conn.execute(
+            "SELECT seq, payload FROM entries WHERE type = 'tool.called' LIMIT 1"
+        ).fetchone()
+        conn.execute(
+            "UPDATE entries SET payload = ? WHERE seq = ?",
+            (payload.replace(b'"tool":"', b'"tool":"x', 1), seq),
+        )
+        conn.commit()
+        conn.close()
+        parallel = _audit(db, rules)
+        assert "verify" in started
+        serial = _serial(db, rules, monkeypatch)
+        assert parallel["ledger"]["verify"] == serial["ledger"]["verify"]
+        assert parallel["ledger"]["verify"]["first_bad_seq"] == seq
+        assert canonical_bytes(parallel) == canonical_bytes(serial)
+
+
+class TestOneEvaluation:
+    def test_same_rules_one_evaluation(self, report: dict[str, Any], hops: Hops) -> None:
+        """Recorded rules = current rules (same hash): one evaluation answers both, and says so."""
+        for hop in hops(report).values():
+            r = hop["rerun"]
+            assert r["one_evaluation"] is True
+            assert r["current_rules"] == r["recorded_rules"]
+        assert not [f for f in report["findings"] if f["code"] == "RULES_CHANGED"]
+
+    def test_other_rules_are_evaluated_apart(self, chain_keys: Chain, hops: Hops) -> None:
+        """Current rules with another hash: each decision is judged twice, differences flagged."""
+        other = gate.load_constitution(
+            chain_keys.constitution.read_text().replace("max_depth = 3", "max_depth = 1")
+        )
+        report = _audit(chain_keys.db, other)
+        by_id = hops(report)
+        child, back = by_id[chain_keys.ids["child"]]["rerun"], by_id[chain_keys.ids["back"]]["rerun"]
+        for r in (child, back):
+            assert r["one_evaluation"] is False
+            assert r["current_rules"]["ruleset_hash"] == other.ruleset_hash
+            assert r["recorded_rules"]["ruleset_hash"] != other.ruleset_hash
+        # C (depth 1) is still allowed; the hand-back (depth 2) was refused and now is refused twice over
+        assert child["current_rules"]["same_decision"] is True
+        assert "DEP-01" in back["current_rules"]["violations"]
+        assert "DEP-01" not in back["recorded_rules"]["violations"]
+        assert back["recorded_rules"]["same_findings"] is True
+        assert sum(f["code"] == "RULES_CHANGED" for f in report["findings"]) == 7
+
+
+class TestCoverage:
+    SPAWNED = Ev(1, "s", "agent.spawned", 0, b"\0" * 32, {})
+    RULES: ClassVar[dict[str, Any]] = {
+        "read": {"*": "allow", "*.env": "deny", "*.env.*": "deny", "*.env.example": "allow"}
+    }
+
+    @pytest.mark.parametrize(
+        ("path", "covered"),
+        [("src/a.py", True), ("conf/.env", False), (".env.local", False), ("a/.env.example", True)],
+    )
+    def test_pattern_rules_judge_the_path(self, path: str, covered: bool) -> None:
+        """A {pattern: action} rule is judged on the file the tool read (last matching pattern wins)."""
+        cov = _coverage("read", {"filePath": path}, self.RULES, self.SPAWNED)
+        assert cov["covered"] is covered
+        assert path in cov["by"]
+
+    def test_plain_rules(self) -> None:
+        assert _coverage("edit", {}, {"edit": "allow"}, self.SPAWNED)["covered"] is True
+        assert _coverage("bash", {}, {"bash": "deny"}, self.SPAWNED)["covered"] is False
+        assert _coverage("webfetch", {}, {}, self.SPAWNED)["rule"] is None
+
+
+class TestNumbers:
+    def test_integral_floats_are_ints(self) -> None:
+        """JCS prints 5.0 as 5: the report builds such numbers as ints, and the encoder rewrites any other."""
+        assert number(5.0) == 5
+        assert type(number(5.0)) is int
+        assert number(0.25) == 0.25
+        value = {"b": [1.0, {"c": -0.0}], "a": 2.5}
+        assert fast_canonical(value) == b'{"a":2.5,"b":[1,{"c":0}]}' == canonical_bytes(value)
+
+    @pytest.mark.parametrize(
+        "value",
+        [{"x": 1e-7}, {"x": 1e21}, {"\ue000": 1, "\U0001f600": 2}, {"t": (1, 2.0)}, {"n": 2**53 - 1}],
+    )
+    def test_exact_cases_agree(self, value: dict[str, Any]) -> None:
+        assert fast_canonical(value) == canonical_bytes(value)
