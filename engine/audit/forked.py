@@ -13,8 +13,8 @@ Forking is only done where it is safe and useful: a POSIX system with two cores 
 from the main thread, and no other thread in the process but idle ledger writers (a fork copies
 locks held by other threads, never their owners; an idle `ledger-writer` waits on its queue and
 holds none the child needs), as in the CLI and the benchmark. Otherwise (the MCP server's
-threads, `LEDGER_AUDIT_FORK=0`), and whenever the child fails in any way or does not answer in
-time (it is then killed), the audit verifies in this process instead.
+threads, `LEDGER_AUDIT_FORK=0`, no idle core), and whenever the child fails in any way or does not
+answer in time (it is then killed), the audit does the work in this process instead.
 """
 
 from __future__ import annotations
@@ -36,15 +36,19 @@ from ledger.verify import StoredCheckpoint
 
 
 def can_fork() -> bool:
-    """Whether a verify child may be forked here (see the module's docstring)."""
+    """Whether a child may be forked here (see the module's docstring). `LEDGER_AUDIT_FORK=0`: never;
+    `=1`: whenever it is safe; unset: when it is safe and a core is idle (the 1-minute load average
+    below the number of cores minus a half: on a busy machine a child only competes for a core)."""
+    mode = os.environ.get("LEDGER_AUDIT_FORK", "")
+    if mode == "0" or not hasattr(os, "fork"):
+        return False
     main = threading.current_thread()
-    return (
-        hasattr(os, "fork")
-        and (os.cpu_count() or 1) > 1
-        and main is threading.main_thread()
-        and all(t is main or t.name in _IDLE_THREADS for t in threading.enumerate())
-        and os.environ.get("LEDGER_AUDIT_FORK", "1") != "0"
-    )
+    if main is not threading.main_thread() or not all(
+        t is main or t.name in _IDLE_THREADS for t in threading.enumerate()
+    ):
+        return False
+    cores = os.cpu_count() or 1
+    return mode == "1" or (cores > 1 and os.getloadavg()[0] < cores - 0.5)
 
 
 #: threads that may be running when the child is forked: the ledger's writer, idle while auditing

@@ -228,13 +228,14 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "surrogateescape") if type(value) is bytes else str(value)
 
 
-def scan(ledger: Ledger, *, fork: bool = True) -> LedgerScan:
+def scan(ledger: Ledger, *, fork: bool = True, verify: bool = True) -> LedgerScan:
     """Read the whole chain once: verify it (every link, payload hash and checkpoint, recomputed) while
     indexing and folding it, and capture each decision's context as of the ledger head it recorded.
 
     With `fork` (and where forked.can_fork), the verify runs in a forked child over its own
     read of the same entries 1..head while this process reads, decodes and folds them; its report
-    is taken by `LedgerScan.verified()`. Otherwise the verifier runs over this process's read."""
+    is taken by `LedgerScan.verified()`. Otherwise the verifier runs over this process's read.
+    With `verify=False` nothing is verified while reading (`verified()` then verifies on demand)."""
     checkpoints = ledger.checkpoints()  # read first: each one is then within the entries read below
     last = ledger.head().size
     verifier, origin = ledger.verifier(), ledger.origin
@@ -250,14 +251,14 @@ def scan(ledger: Ledger, *, fork: bool = True) -> LedgerScan:
             origin=origin,
             durable=ledger.durable,
         )
-        if fork
+        if fork and verify
         else None
     )
     decisions: list[Ev] = []
     conn = store.connect(ledger.path, durable=ledger.durable, readonly=True)
     try:
         reader = _read(out, rows_until(store.iter_rows(conn), last), decisions)
-        if child is None:
+        if child is None and verify:
             out.verify = verify_rows(reader, checkpoints=checkpoints, verifier=verifier, origin=origin)
         for _ in reader:  # verify stops at the first problem: the audit still reads everything
             pass

@@ -4,6 +4,7 @@ plain sequential audit gives: same bytes, same verify (tampering included), same
 from __future__ import annotations
 
 import sqlite3
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -83,14 +84,16 @@ class TestForked:
         assert started == ["verify", "reruns"]
         assert canonical_bytes(parallel) == canonical_bytes(_serial(chain_keys.db, rules, monkeypatch))
 
-    def test_child_that_never_answers_is_killed(self) -> None:
+    def test_child_that_never_answers_is_killed(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A child stuck past its allowance is killed and reported as failed (the caller then works)."""
+        monkeypatch.setenv("LEDGER_AUDIT_FORK", "1")
         child = forked.Child.start(lambda: __import__("time").sleep(30), allowance_s=0.2)
         if child is None:
             pytest.skip("no fork on this system")
         assert child.result() is None
 
-    def test_child_answers_its_work(self) -> None:
+    def test_child_answers_its_work(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("LEDGER_AUDIT_FORK", "1")
         child = forked.Child.start(lambda: {"answer": [1, 2.5, "x"]})
         if child is None:
             pytest.skip("no fork on this system")
@@ -123,6 +126,17 @@ class TestForked:
         assert parallel["ledger"]["verify"] == serial["ledger"]["verify"]
         assert parallel["ledger"]["verify"]["first_bad_seq"] == seq
         assert canonical_bytes(parallel) == canonical_bytes(serial)
+
+    def test_fork_switch(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """LEDGER_AUDIT_FORK=0 never forks; =1 forks whatever the load (where it is safe)."""
+        monkeypatch.setenv("LEDGER_AUDIT_FORK", "0")
+        assert forked.Child.start(lambda: 1) is None
+        monkeypatch.setenv("LEDGER_AUDIT_FORK", "1")
+        monkeypatch.setattr(forked.os, "getloadavg", lambda: (99.0, 99.0, 99.0))
+        idle = all(t is threading.main_thread() or t.name == "ledger-writer" for t in threading.enumerate())
+        assert forked.can_fork() is idle
+        monkeypatch.delenv("LEDGER_AUDIT_FORK")
+        assert forked.can_fork() is False  # automatic: no idle core at a load of 99
 
 
 class TestOneEvaluation:
