@@ -39,14 +39,17 @@ def _known_tasks(sc: LedgerScan) -> list[str]:
 def select(sc: LedgerScan, task_id: str | None, session_id: str | None) -> tuple[str, list[str]]:
     """(task id, streams of the task, or of the subtree of `session_id`, parents before children)."""
     children: dict[str | None, list[str]] = {}
+    firsts = sc.firsts
     streams = [
         s
         for s in sc.by_stream
         if s in sc.states
         or (
             s != "ledger"
-            and any(
-                e.type in ("delegation.requested", "gate.decided", "agent.spawned") for e in sc.by_stream[s]
+            and (
+                (s, "delegation.requested") in firsts
+                or (s, "gate.decided") in firsts
+                or (s, "agent.spawned") in firsts
             )
         )
     ]

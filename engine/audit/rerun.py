@@ -144,7 +144,7 @@ def _unavailable(notes: list[str], context: dict[str, Any] | None) -> dict[str, 
 #: below this many decisions a child's fork and answer cost more than it saves
 FORK_MIN_RERUNS = 200
 #: the share of the re-runs given to the child: this process builds every hop of the tree meanwhile
-CHILD_SHARE = 0.6
+CHILD_SHARE = 0.7
 
 
 class Reruns:

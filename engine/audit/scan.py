@@ -287,10 +287,13 @@ def _fold(out: LedgerScan, capture: dict[int, list[tuple[Ev, bool]]]) -> None:
     apply = Projector().apply
     revoked: set[str] = set()
     projected = PROJECTED_TYPES
+    revocations = out.revocations
     for ev in out.events:
         if ev.type in projected:
             try:
-                _apply(apply, store, ev, revoked, out.revocations)
+                apply(store, ev.stream, ev.type, ev.data, ev.at_us)
+                if ev.data is not None and ev.type in _REVOKING:
+                    _revoked(store, ev, revoked, revocations)
             except (KeyError, TypeError, ValueError, AttributeError):  # a payload tampered into another shape
                 out.unreadable.append(ev.seq)
         if ev.seq in capture:
@@ -300,14 +303,18 @@ def _fold(out: LedgerScan, capture: dict[int, list[tuple[Ev, bool]]]) -> None:
         out.contexts[decision.stream] = _context(store, decision, None, set())
 
 
-def _apply(apply: Any, store: DictSessions, ev: Ev, revoked: set[str], revocations: dict[str, Ev]) -> None:
-    apply(store, ev.stream, ev.type, ev.data, ev.at_us)
-    if ev.data is not None and ev.type == "delegation.revoked":
+_REVOKING = frozenset({"delegation.revoked", "ledger.pruned"})
+
+
+def _revoked(store: DictSessions, ev: Ev, revoked: set[str], revocations: dict[str, Ev]) -> None:
+    """The sessions `ev` (a revocation, or a prune's snapshot) leaves revoked."""
+    assert ev.data is not None
+    if ev.type == "delegation.revoked":
         for sid in (ev.data["session_id"], *ev.data.get("subtree", [])):
             if (store.get(sid) or {}).get("revoked"):
                 revoked.add(sid)
                 revocations.setdefault(sid, ev)
-    elif ev.data is not None and ev.type == "ledger.pruned":
+    else:
         revoked.update(s["session_id"] for s in ev.data["sessions"] if s["state"].get("revoked"))
 
 
