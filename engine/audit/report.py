@@ -227,30 +227,29 @@ def _build_report(
     for s in streams:
         ancestors[s] = lineage(sc, s)
         hops.append(hop_node(sc, requests, s, ancestors[s], window))
-    done = reruns.result()
-    for hop in hops:
-        hop["rerun"] = done.get(hop["session_id"])
     in_window = {h["session_id"] for h in hops if h["in_window"]}
     keep = set(in_window)
     for h in hops:  # ancestors of in-window hops stay as context
         if h["session_id"] in in_window:
             keep.update(ancestors[h["session_id"]])
     hops = [h for h in hops if h["session_id"] in keep]
-    for h in hops:
-        if h["in_window"]:
-            last = sc.by_stream[h["session_id"]][-1].at_us
-            found += fnd.rerun_findings(h) + fnd.hop_findings(h, last, now, stale_after)
-    verify = sc.verified().to_json()  # the verify child (if any) has had the time to finish
+    audited = [h for h in hops if h["in_window"]]
+    for h in audited:  # what needs no re-run first: the child may still be re-running
+        found += fnd.hop_findings(h, sc.by_stream[h["session_id"]][-1].at_us, now, stale_after)
     newest = _checkpoint(ledger, sc)
-    found = fnd.ledger_findings(verify, newest) + found
     kept, retention_findings = fnd.retention(sc, retention_min, now)
-    found += retention_findings
+    done = reruns.result()
+    for h in hops:
+        h["rerun"] = done.get(h["session_id"])
+    for h in audited:
+        found += fnd.rerun_findings(h)
+    verify = sc.verified().to_json()  # the verify child (if any) has had the time to finish
+    found = fnd.ledger_findings(verify, newest) + found + retention_findings
     found.sort(
         key=lambda f: ({"violation": 0, "warning": 1, "info": 2}[f["severity"]], f["seq"] or 0, f["code"])
     )
     root_request = requests.raw(hops[0]["session_id"]) if hops else None
     refused = [_refusal(h) for h in hops if h["decision"] == "rejected" and h["in_window"]]
-    audited = [h for h in hops if h["in_window"]]
     roots = [h for h in audited if h["parent_session_id"] is None or h["parent_session_id"] not in keep]
     counts = {s: sum(1 for f in found if f["severity"] == s) for s in ("violation", "warning", "info")}
     return {
