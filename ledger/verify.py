@@ -19,6 +19,9 @@ from ledger.checkpoint import Verifier, parse_checkpoint_body
 from ledger.entry import Entry
 from ledger.merkle import CompactRange
 
+#: entry hashes gathered before they enter the Merkle tree together (see CompactRange.append_block)
+MERKLE_BLOCK = 256
+
 Problem = Literal[
     "payload_altered",
     "header_altered",
@@ -197,7 +200,8 @@ def verify_rows(
     report.newest_checkpoint_size = max((cp.size for cp in checkpoints), default=0) if checkpoints else None
     # the Merkle tree is only needed up to the largest checkpoint it must be compared with
     merkle_until = max(wanted, default=0)
-    peaks: dict[int, bytes] = {}
+    tree = CompactRange()
+    leaves: list[bytes] = []
     prev = start_prev
     expected_seq = start_seq
     last_us = -(2**63)
@@ -278,15 +282,15 @@ def verify_rows(
         expected_seq += 1
         count += 1
         if seq <= merkle_until:
-            node = sha256(b"\x00" + h).digest()
-            level = 0
-            size = seq - start_seq
-            while size >> level & 1:
-                node = sha256(b"\x01" + peaks.pop(level) + node).digest()
-                level += 1
-            peaks[level] = node
+            leaves.append(h)
+            if len(leaves) == MERKLE_BLOCK:  # the tree only ever takes whole, aligned blocks
+                tree.append_block(leaves)
+                leaves = []
             if seq in wanted:
-                root = CompactRange(seq - start_seq + 1, peaks).root()
+                at_size = tree.copy()
+                for leaf in leaves:
+                    at_size.append(leaf)
+                root = at_size.root()
                 report.root = root.hex()
                 for head, want_root, cp in wanted.pop(seq):
                     report.checkpoints_checked += 1

@@ -295,6 +295,31 @@ class TestMerkleRoot:
             rebuilt.append(leaf)
         assert rebuilt.root() == root_of(first + more)
 
+    @given(st.data(), st.lists(hashes, max_size=40))
+    def test_aligned_blocks_give_the_same_tree_as_single_appends(
+        self, data: st.DataObject, tail: list[bytes]
+    ) -> None:
+        """Appending whole aligned blocks of 2**k leaves (as verify does) and then single leaves gives the
+        reference root; a block that is not a power of two, or not aligned, is refused."""
+        rng = CompactRange()
+        leaves: list[bytes] = []
+        for _ in range(data.draw(st.integers(0, 4), label="blocks")):
+            k = data.draw(st.integers(0, 5), label="k")
+            while rng.size % (1 << k):
+                k -= 1  # the largest block the current size is aligned to
+            block = [bytes([len(leaves) % 256, i % 256]) * 16 for i in range(1 << k)]
+            rng.append_block(block)
+            leaves += block
+            assert rng.root() == root_of(leaves)
+        for leaf in tail:
+            rng.append(leaf)
+        assert rng.root() == root_of(leaves + tail)
+        with pytest.raises(ValueError, match="cannot be appended"):
+            rng.append_block([bytes(32)] * 3)
+        if rng.size % 2:
+            with pytest.raises(ValueError, match="cannot be appended"):
+                rng.append_block([bytes(32)] * 2)
+
     def test_compact_range_refuses_inconsistent_peaks(self) -> None:
         """Peaks that do not match the binary form of the size are refused."""
         with pytest.raises(ValueError, match="needs peaks"):

@@ -293,6 +293,27 @@ class TestNamedTampering:
         assert (report.broken.seq, report.broken.problem) == (10, "checkpoint_mismatch")
         assert "rewritten" in report.broken.message
 
+    def test_checkpoints_beyond_the_first_merkle_blocks(self, ledger: Ledger) -> None:
+        """Checkpoints at sizes that are not multiples of the verifier's Merkle block (and beyond several
+        blocks) are checked; a rewrite between two of them fails at the first one after it."""
+        sizes = []
+        for n in (300, 213, 300):
+            fill(ledger, n)
+            sizes.append(ledger.checkpoint().size)
+        assert sizes == [300, 514, 815]
+        report = ledger.verify(parallel=False)
+        assert report.ok, report.broken
+        assert report.checkpoints_checked >= 3
+        with raw_db(ledger) as conn:
+            conn.execute(
+                "UPDATE entries SET payload = CAST(REPLACE(CAST(payload AS TEXT), 'note', 'NOTE') AS BLOB) "
+                "WHERE seq = 600"
+            )
+            rehash_from(conn, 600)
+        report = ledger.verify(parallel=False)
+        assert report.broken is not None
+        assert (report.broken.seq, report.broken.problem) == (815, "checkpoint_mismatch")
+
     @pytest.mark.parametrize("edit", ["root", "size_and_root", "signature", "signer_name", "no_signature"])
     def test_bad_checkpoint_signature(self, led: Ledger, edit: str) -> None:
         """A checkpoint whose note text or signature was altered is reported as bad_checkpoint_signature."""
