@@ -11,8 +11,10 @@ Rules:
   never handed out twice. Nothing agent-specific is in a pooled server's config: the agent's
   project directory, permission rules and MCP connection (with its bearer token) are applied
   after it is taken (``engine/opencode_backend.py``);
-* the pool refills in the background after each take, one server at a time (so refills do not
-  crowd out running agents), and replaces pooled servers that die or stop answering;
+* the pool refills in the background after each take, one server at a time, once no spawn
+  happened for ``refill_delay`` seconds and the CPU is not saturated (at most ``max_defer`` later):
+  a burst of spawns gets the CPU for its agents' first turns instead of sharing it with refills.
+  Pooled servers that die are replaced;
 * an empty pool is not waited for: ``take`` returns None and the caller cold-starts a server;
 * every pooled server runs under the watchdog like any other (``engine/_watchdog.py``), so a
   ``kill -9`` of the engine leaves none behind; ``close`` stops them all and removes their state.
@@ -67,6 +69,8 @@ class OpenCodePool:
         *,
         check_interval: float = 2.0,
         retry_delay: float = 1.0,
+        refill_delay: float = 2.0,
+        max_defer: float = 15.0,
     ) -> None:
         if size < 0:
             raise ValueError(f"pool size must be 0 or more (got {size})")
@@ -75,6 +79,9 @@ class OpenCodePool:
         self._warm_up = warm_up
         self.check_interval = check_interval
         self.retry_delay = retry_delay
+        self.refill_delay = refill_delay
+        self.max_defer = max_defer
+        self._last_take = float("-inf")
         self._ready: list[Pooled] = []
         self._starting: OpenCodeService | None = None
         self._hint: str | None = None
@@ -132,6 +139,7 @@ class OpenCodePool:
         """A ready server for one agent (preferring one warmed in ``directory``), or None."""
         if directory is not None:
             self._hint = directory
+        self._last_take = time.monotonic()
         self._wake.set()  # refill (and warm up for this directory from now on)
         while self._ready:
             index = next((i for i, p in enumerate(self._ready) if p.warmed_for == directory), 0)
@@ -161,6 +169,7 @@ class OpenCodePool:
         while not self._closed:
             await self._prune()
             if len(self._ready) < self.size:
+                await self._quiet()
                 if await self._add_one():
                     failures = 0
                 else:
@@ -170,6 +179,21 @@ class OpenCodePool:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.check_interval)
+
+    async def _quiet(self) -> None:
+        """Refills yield to running agents: wait until no server was taken for ``refill_delay`` s
+        and the machine has a quarter of its CPU idle, or until ``max_defer`` s passed."""
+        began = time.monotonic()
+        while time.monotonic() - began < self.max_defer:
+            idle = time.monotonic() - self._last_take
+            if idle < self.refill_delay:
+                await asyncio.sleep(min(self.refill_delay - idle, 0.5))
+                continue
+            before = _cpu_times()
+            await asyncio.sleep(0.25)
+            after = _cpu_times()
+            if before is None or after is None or after[1] - before[1] >= 0.25 * (after[0] - before[0]):
+                return
 
     async def _add_one(self) -> bool:
         service = self._make()
@@ -221,3 +245,13 @@ class OpenCodePool:
         except Exception as exc:
             log.warning("stopping pooled opencode server failed: %s", exc)
         shutil.rmtree(service.state_dir, ignore_errors=True)
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(total, idle) jiffies of all CPUs from /proc/stat; None off Linux."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return sum(fields[:8]), fields[3] + fields[4]

@@ -42,13 +42,17 @@ integration = pytest.mark.integration
 module_loop = pytest.mark.asyncio(loop_scope="module")
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=[0, 2], ids=["cold", "pooled"])
 async def engine(
-    tmp_path_factory: pytest.TempPathFactory, module_model: ScriptedModel
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, module_model: ScriptedModel
 ) -> AsyncIterator[Engine]:
+    """Every test runs twice: agents on cold-started servers, and on servers of a warm pool of 2
+    (their directory, permission rules and MCP token are then applied after the server started)."""
     base = tmp_path_factory.mktemp("engine-nested")
     with module_env(base / "keys"):
-        async with running_engine(base, module_model) as eng:
+        async with running_engine(base, module_model, pool_size=request.param) as eng:
+            if request.param:
+                assert await eng.service.backend.pool.wait_ready(timeout=120)  # type: ignore[union-attr]
             yield eng
 
 
