@@ -6,7 +6,7 @@ Builds a ledger of ~1,000 delegations (~10,000 events) the way the engine record
 OpenCode (bench/audit_ledger.py). Then it times the whole audit of the task (scan, verify, every
 decision re-run, the canonical JSON report and its hash) against `Ledger.replay()` (what `ledger
 replay` runs), and writes bench/results/audit.json with `audit_vs_replay` (target <= 3.0), the CPU
-times (the audit's forked children included) and a breakdown of the audit's parts. Figures are
+times (the audit's forked child included) and a breakdown of the audit's parts. Figures are
 reported, never asserted.
 """
 
@@ -28,18 +28,17 @@ import gate
 from bench.audit_ledger import TASK, build
 from bench.common import median, write_results
 from engine.audit import build_report, render, seal
-from engine.audit.forked import verify_file
 from engine.audit.hops import hop_node
 from engine.audit.report import lineage, select
 from engine.audit.rerun import Requests, Rerunner, Rulebook
-from engine.audit.scan import scan
+from engine.audit.scan import scan, verify_file
 from ledger import Ledger
 
 TARGET = 3.0
 
 
 def _children_cpu() -> float:
-    """CPU time of the reaped children (the audit's forked verify and re-runs)."""
+    """CPU time of the reaped children (the audit's forked child re-running a share of the decisions)."""
     t = os.times()
     return t.children_user + t.children_system
 
@@ -47,7 +46,7 @@ def _children_cpu() -> float:
 def measure(led: Ledger, constitution: gate.Constitution, rounds: int) -> dict[str, Any]:
     """Replay and audit alternately, `rounds` times each (so both share the machine's mood); medians of
     wall time, and of CPU time (steadier when other work shares the 2 cores). The audit's CPU time
-    is its own process's plus its forked children's (verify, a share of the re-runs)."""
+    is its own process's plus its forked child's (a share of the re-runs)."""
     now = datetime.now(UTC)
     wall: dict[str, list[float]] = {"replay": [], "audit": [], "ratio": []}
     cpu: dict[str, list[float]] = {"replay": [], "audit": [], "audit_main": [], "ratio": []}
@@ -96,7 +95,7 @@ def _timed(work: Any, repeat: int) -> float:
 def breakdown(led: Ledger, constitution: gate.Constitution, now: datetime, repeat: int) -> dict[str, Any]:
     """The audit's parts, each timed on its own (sequentially, in this process): what the audit does on
     the main core and what it hands to the second; and the whole audit with no child at all."""
-    sc = scan(led, fork=False)
+    sc = scan(led)
     sc.verified()
     _, streams = select(sc, TASK, None)
     cps, verifier = led.checkpoints(), led.verifier()
@@ -129,7 +128,7 @@ def breakdown(led: Ledger, constitution: gate.Constitution, now: datetime, repea
 
     envelope = seal(report)
     parts = {
-        "scan_read_decode_fold": _timed(lambda: scan(led, fork=False, verify=False), repeat),
+        "scan_read_decode_fold": _timed(lambda: scan(led, verify=False), repeat),
         "verify": _timed(
             lambda: verify_file(led.path, last, checkpoints=cps, verifier=verifier, origin=led.origin),
             repeat,
@@ -159,7 +158,7 @@ def main() -> None:
         "--fork",
         choices=("auto", "on", "off"),
         default="auto",
-        help="the audit's children: when a core is idle (auto), always (on) or never (off)",
+        help="the audit's re-run child: when a core is idle (auto), always (on) or never (off)",
     )
     args = parser.parse_args()
     if args.fork != "auto":
@@ -186,8 +185,8 @@ def main() -> None:
             "fork": args.fork,
             "build_s": round(build_s, 1),
         },
-        "what": "audit = build_report (read + decode + fold of the chain while a forked child verifies it, "
-        "every decision re-run (a share in a second child), hops, findings) + seal (canonical bytes, "
+        "what": "audit = build_report (one read of the chain: verify + decode + fold, every decision re-run "
+        "(a share in a forked child when a core is idle), hops, findings) + seal (canonical bytes, "
         "SHA-256) + render json; replay = Ledger.replay(); same durable ledger, alternated, wall time, "
         "median of the per-round ratios; CPU figures count the audit's children; breakdown: each part "
         "timed alone, and the whole audit with no child (LEDGER_AUDIT_FORK=0)",

@@ -1,14 +1,13 @@
-"""The audit's work on the second core, in forked children.
+"""The audit's work on the second core, in a forked child: a share of the decisions' re-runs.
 
-- The verify of the whole chain: a child re-reads the entries 1..last from the database and runs
-  the ledger's own verifier over them, while the audit reads, decodes and folds the same entries.
-- A share of the decisions' re-runs: a child forked after the fold inherits the scan and re-runs
-  them while the audit builds the tree and re-runs the others.
+The child is forked after the fold, so it inherits the scan (copy-on-write) and re-runs its share
+while the audit builds the tree and re-runs the others. It is a plain `os.fork()`: it sends its
+pickled answer back through a pipe and leaves with `os._exit` (no atexit handler, no finaliser of
+the parent's state). A fork is not free for the parent: every page it writes afterwards that the
+child still shares is copied (a page fault of a few microseconds). That is worth it for the
+re-runs (about 0.1 ms of gate per decision, most of them handed over); it was not for the verify
+(tried: the parent's page faults cost what the hashing saved), which runs in the audit's read.
 
-A child is a plain `os.fork()`: it inherits what was computed before (copy-on-write), opens its
-own read-only connection if it reads the database (never one of the parent's), sends its pickled
-answer back through a pipe and leaves with `os._exit` (no atexit handler, no finaliser of the
-parent's state).
 Forking is only done where it is safe and useful: a POSIX system with two cores or more, called
 from the main thread, and no other thread in the process but idle ledger writers (a fork copies
 locks held by other threads, never their owners; an idle `ledger-writer` waits on its queue and
@@ -24,15 +23,8 @@ import pickle
 import select
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from itertools import takewhile
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
-
-from ledger import VerifyReport, verify_rows
-from ledger import sqlite_store as store
-from ledger.checkpoint import Verifier
-from ledger.verify import StoredCheckpoint
 
 
 def can_fork() -> bool:
@@ -53,32 +45,8 @@ def can_fork() -> bool:
 
 #: threads that may be running when the child is forked: the ledger's writer, idle while auditing
 _IDLE_THREADS = frozenset({"ledger-writer"})
-#: the child's time allowance: generous (verify runs at about 8 us an entry), then it is killed
-_ALLOWANCE_S, _ALLOWANCE_PER_ENTRY_S = 10.0, 100e-6
-
-
-def rows_until(rows: Iterator[tuple[Any, ...]], last: int) -> Iterator[tuple[Any, ...]]:
-    """The stored rows of entries 1..last (entries appended since the audit began are not its)."""
-    return takewhile(lambda row: row[0] <= last, rows)
-
-
-def verify_file(
-    path: Path,
-    last: int,
-    *,
-    checkpoints: Sequence[StoredCheckpoint],
-    verifier: Verifier | None,
-    origin: str | None,
-    durable: bool = True,
-) -> VerifyReport:
-    """Verify entries 1..last of the ledger at `path` on a connection of its own (sequential)."""
-    conn = store.connect(path, durable=durable, readonly=True)
-    try:
-        return verify_rows(
-            rows_until(store.iter_rows(conn), last), checkpoints=checkpoints, verifier=verifier, origin=origin
-        )
-    finally:
-        conn.close()
+#: the child's time allowance by default: generous (a thousand re-runs take about 0.1 s), then it is killed
+_ALLOWANCE_S = 60.0
 
 
 class Child:
@@ -142,21 +110,3 @@ class Child:
         except Exception:  # a child that died mid-write: the caller does the work itself
             return None
         return self._result
-
-
-def start_verify(
-    path: Path,
-    last: int,
-    *,
-    checkpoints: Sequence[StoredCheckpoint],
-    verifier: Verifier | None,
-    origin: str | None,
-    durable: bool = True,
-) -> Child | None:
-    """Verify entries 1..last in a forked child (None: verify in this process)."""
-    return Child.start(
-        lambda: verify_file(
-            path, last, checkpoints=checkpoints, verifier=verifier, origin=origin, durable=durable
-        ),
-        allowance_s=_ALLOWANCE_S + last * _ALLOWANCE_PER_ENTRY_S,
-    )

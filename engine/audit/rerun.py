@@ -157,7 +157,9 @@ class Reruns:
         self.child = None
         if self.theirs:
             theirs = self.theirs
-            self.child = Child.start(lambda: [rerunner.rerun(s) for s in theirs])
+            self.child = Child.start(
+                lambda: [rerunner.rerun(s) for s in theirs], allowance_s=10.0 + 0.01 * len(theirs)
+            )
             if self.child is None:
                 self.theirs, self.ours = [], streams
 

@@ -1,6 +1,7 @@
 """One pass over the ledger: every entry's header and payload, indexed for the audit.
 
-The scan reads the chain once (`Ledger.entries()`), decodes each payload once, and folds the
+The scan reads the chain once (entries 1..head, raw rows on a read-only connection of its own),
+verifies it with the ledger's verifier in the same pass, decodes each payload once, and folds the
 projections with the ledger's own `Projector`, so budgets, revocations and states come from the
 events alone, never from the stored projection. While folding it captures, for every gate
 decision, the state of the chain *as of the ledger head the decision recorded* (the parent hops
@@ -12,17 +13,19 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import takewhile
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
 
-from engine.audit.forked import Child, rows_until, start_verify, verify_file
 from ledger import Ledger, VerifyReport, verify_rows
 from ledger import sqlite_store as store
 from ledger.canonical import load_payload
+from ledger.checkpoint import Verifier
 from ledger.entry import Head
 from ledger.projections import PROJECTED_TYPES, DictSessions, Projector
 from ledger.verify import StoredCheckpoint
@@ -95,30 +98,21 @@ class LedgerScan:
     unreadable: list[int] = field(default_factory=list)  # seqs whose payload is not its event's JSON
     _tasks: dict[str, str | None] = field(default_factory=dict)
     _parents: dict[str, str | None] = field(default_factory=dict)
-    _child: Child | None = None
     _last: int = 0
     _verify_args: tuple[Any, ...] = ()
 
     def verified(self) -> VerifyReport:
-        """The verify report of the entries read: the forked child's (waited for here), or this
-        process's own when the child could not run or failed (then re-read and verified here)."""
+        """The verify report of the entries read (computed here, on demand, when the scan did not)."""
         if self.verify is None:
-            report = None if self._child is None else self._child.result()
-            if not isinstance(report, VerifyReport):
-                report = None
-            elif report.ok and report.head != (self.head.hex if self.events else None):
-                report = None  # the child read other entries than this process did: verify here
-            if report is None:
-                path, durable, verifier, origin = self._verify_args
-                report = verify_file(
-                    path,
-                    self._last,
-                    checkpoints=self.checkpoints,
-                    verifier=verifier,
-                    origin=origin,
-                    durable=durable,
-                )
-            self.verify = report
+            path, durable, verifier, origin = self._verify_args
+            self.verify = verify_file(
+                path,
+                self._last,
+                checkpoints=self.checkpoints,
+                verifier=verifier,
+                origin=origin,
+                durable=durable,
+            )
         return self.verify
 
     def in_window(self, stream: str, window: tuple[int, int]) -> bool:
@@ -228,13 +222,34 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "surrogateescape") if type(value) is bytes else str(value)
 
 
-def scan(ledger: Ledger, *, fork: bool = True, verify: bool = True) -> LedgerScan:
+def rows_until(rows: Iterator[tuple[Any, ...]], last: int) -> Iterator[tuple[Any, ...]]:
+    """The stored rows of entries 1..last (entries appended since the audit began are not its)."""
+    return takewhile(lambda row: row[0] <= last, rows)
+
+
+def verify_file(
+    path: Path,
+    last: int,
+    *,
+    checkpoints: Sequence[StoredCheckpoint],
+    verifier: Verifier | None,
+    origin: str | None,
+    durable: bool = True,
+) -> VerifyReport:
+    """Verify entries 1..last of the ledger at `path` on a connection of its own."""
+    conn = store.connect(path, durable=durable, readonly=True)
+    try:
+        return verify_rows(
+            rows_until(store.iter_rows(conn), last), checkpoints=checkpoints, verifier=verifier, origin=origin
+        )
+    finally:
+        conn.close()
+
+
+def scan(ledger: Ledger, *, verify: bool = True) -> LedgerScan:
     """Read the whole chain once: verify it (every link, payload hash and checkpoint, recomputed) while
     indexing and folding it, and capture each decision's context as of the ledger head it recorded.
-
-    With `fork` (and where forked.can_fork), the verify runs in a forked child over its own
-    read of the same entries 1..head while this process reads, decodes and folds them; its report
-    is taken by `LedgerScan.verified()`. Otherwise the verifier runs over this process's read.
+    The entries are 1..the head when the scan starts, on a read-only connection of the scan's own.
     With `verify=False` nothing is verified while reading (`verified()` then verifies on demand)."""
     checkpoints = ledger.checkpoints()  # read first: each one is then within the entries read below
     last = ledger.head().size
@@ -242,29 +257,16 @@ def scan(ledger: Ledger, *, fork: bool = True, verify: bool = True) -> LedgerSca
     out = LedgerScan(head=Head(0, bytes(32), 0), checkpoints=checkpoints)
     out._last = last
     out._verify_args = (ledger.path, ledger.durable, verifier, origin)
-    child = (
-        start_verify(
-            ledger.path,
-            last,
-            checkpoints=checkpoints,
-            verifier=verifier,
-            origin=origin,
-            durable=ledger.durable,
-        )
-        if fork and verify
-        else None
-    )
     decisions: list[Ev] = []
     conn = store.connect(ledger.path, durable=ledger.durable, readonly=True)
     try:
         reader = _read(out, rows_until(store.iter_rows(conn), last), decisions)
-        if child is None and verify:
+        if verify:
             out.verify = verify_rows(reader, checkpoints=checkpoints, verifier=verifier, origin=origin)
         for _ in reader:  # verify stops at the first problem: the audit still reads everything
             pass
     finally:
         conn.close()
-    out._child = child
     if out.events:
         last_ev = out.events[-1]
         out.head = Head(last_ev.seq, last_ev.hash_bytes, last_ev.at_us)

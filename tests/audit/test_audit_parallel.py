@@ -1,5 +1,5 @@
 """The audit's work on the second core (engine/audit/forked.py) and its shortcuts give the report the
-plain sequential audit gives: same bytes, same verify (tampering included), same re-runs."""
+plain sequential audit gives: same bytes (a tampered ledger included), same re-runs."""
 
 from __future__ import annotations
 
@@ -25,28 +25,20 @@ Hops = Any
 
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Children are forked here whatever threads the test session left behind (they are idle), for
-    any number of re-runs; returns the kind of every child started ("verify" or "reruns")."""
+    """The re-run child is forked here whatever threads the test session left behind (they are idle),
+    for any number of re-runs; returns one entry per child started."""
     monkeypatch.setenv("LEDGER_AUDIT_FORK", "1")
     monkeypatch.setattr(forked, "can_fork", lambda: True)
     monkeypatch.setattr(rerun, "FORK_MIN_RERUNS", 1)
     kinds: list[str] = []
-    real_verify, real_start = forked.start_verify, forked.Child.start
-
-    def start_verify(*args: Any, **kwargs: Any) -> forked.Child | None:
-        child = real_verify(*args, **kwargs)
-        kinds.append("verify") if child is not None else None
-        return child
+    real_start = forked.Child.start
 
     def start(work: Any, **kwargs: Any) -> forked.Child | None:
         child = real_start(work, **kwargs)
-        if child is not None and not kwargs:
+        if child is not None:
             kinds.append("reruns")
         return child
 
-    import engine.audit.scan as scan_module
-
-    monkeypatch.setattr(scan_module, "start_verify", start_verify)
     monkeypatch.setattr(forked.Child, "start", staticmethod(start))
     return kinds
 
@@ -67,9 +59,9 @@ class TestForked:
     def test_forked_report_is_the_serial_report(
         self, chain_keys: Chain, rules: gate.Constitution, started: list[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """Verify in one child, a share of the re-runs in another: the same canonical bytes."""
+        """A share of the re-runs in a child: the same canonical bytes."""
         parallel = _audit(chain_keys.db, rules)
-        assert started == ["verify", "reruns"]
+        assert started == ["reruns"]
         serial = _serial(chain_keys.db, rules, monkeypatch)
         assert canonical_bytes(parallel) == canonical_bytes(serial)
         assert parallel["ledger"]["verify"]["ok"] is True
@@ -81,7 +73,7 @@ class TestForked:
         """A child that answers nothing (crashed, killed) costs time, never content."""
         monkeypatch.setattr(forked.Child, "result", lambda self: None)
         parallel = _audit(chain_keys.db, rules)
-        assert started == ["verify", "reruns"]
+        assert started == ["reruns"]
         assert canonical_bytes(parallel) == canonical_bytes(_serial(chain_keys.db, rules, monkeypatch))
 
     def test_child_that_never_answers_is_killed(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,7 +100,7 @@ class TestForked:
         started: list[str],
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        """The forked verify names the same first bad entry as the verify done while reading."""
+        """A tampered ledger: the same verify result and the same report, with or without the child."""
         db = chain_keys.copy_to(tmp_path / "copy")
         conn = sqlite3.connect(db)
         seq, payload = conn.execute(
@@ -121,7 +113,7 @@ class TestForked:
         conn.commit()
         conn.close()
         parallel = _audit(db, rules)
-        assert "verify" in started
+        assert started == ["reruns"]
         serial = _serial(db, rules, monkeypatch)
         assert parallel["ledger"]["verify"] == serial["ledger"]["verify"]
         assert parallel["ledger"]["verify"]["first_bad_seq"] == seq
