@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from functools import lru_cache
 from typing import Annotated, Any
 
 from pydantic import (
@@ -19,6 +20,8 @@ from pydantic_core import PydanticCustomError
 #: RFC 3339 date-time with a mandatory offset ("Z" or +hh:mm); fractional seconds optional.
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})$")
 
+_NANOS = re.compile(r"^(.*?\.\d{6})\d+(.*)$")
+
 #: pydantic error type used for SCH-02 (timestamp) failures, so the gate can tell them from SCH-01.
 RFC3339_ERROR = "rfc3339"
 
@@ -31,7 +34,19 @@ def parse_rfc3339(value: Any) -> datetime:
                 RFC3339_ERROR, "datetime has no timezone (got '{got}')", {"got": str(value)}
             )
         return value
-    if not isinstance(value, str) or not _RFC3339.match(value):
+    if not isinstance(value, str):
+        raise PydanticCustomError(
+            RFC3339_ERROR,
+            "expected an RFC 3339 timestamp with a timezone such as 2025-10-01T08:00:00Z (got '{got}')",
+            {"got": value},
+        )
+    return _parse_text(value if type(value) is str else str(value))
+
+
+@lru_cache(maxsize=4096)
+def _parse_text(value: str) -> datetime:
+    """parse_rfc3339 of a string (memoised: a datetime is immutable, the same texts recur in requests)."""
+    if not _RFC3339.match(value):
         raise PydanticCustomError(
             RFC3339_ERROR,
             "expected an RFC 3339 timestamp with a timezone such as 2025-10-01T08:00:00Z (got '{got}')",
@@ -39,7 +54,7 @@ def parse_rfc3339(value: Any) -> datetime:
         )
     text = value.replace("z", "Z").replace("t", "T")
     # Python 3.11 accepts at most 6 fractional digits: trim nanoseconds rather than refuse them.
-    match = re.match(r"^(.*?\.\d{6})\d+(.*)$", text)
+    match = _NANOS.match(text)
     if match:
         text = match.group(1) + match.group(2)
     try:

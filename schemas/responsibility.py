@@ -7,6 +7,7 @@ first"); `scopes`, `expires_at`, `budget` and `granted_to` are ours and optional
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Annotated
 
 from pydantic import AfterValidator, Field, model_validator
@@ -21,6 +22,12 @@ SCOPE_ERROR = "scope_syntax"
 
 
 def _check_scope(value: str) -> str:
+    return _checked_scope(value if type(value) is str else str(value))
+
+
+@lru_cache(maxsize=4096)
+def _checked_scope(value: str) -> str:
+    """_check_scope, memoised (the same scopes recur down a chain)."""
     if not _SCOPE.match(value):
         raise PydanticCustomError(
             SCOPE_ERROR,
