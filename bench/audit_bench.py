@@ -78,7 +78,8 @@ def measure(led: Ledger, constitution: gate.Constitution, rounds: int) -> dict[s
 
 
 def _timed(work: Any, repeat: int) -> float:
-    """Median wall time of `work()` in ms (the garbage collector paused, as build_report runs)."""
+    """Median wall time of `work()` in ms, what it returns freed included (the garbage collector
+    paused, as build_report runs)."""
     times = []
     for _ in range(repeat):
         gc.collect()
@@ -94,7 +95,22 @@ def _timed(work: Any, repeat: int) -> float:
 
 def breakdown(led: Ledger, constitution: gate.Constitution, now: datetime, repeat: int) -> dict[str, Any]:
     """The audit's parts, each timed on its own (sequentially, in this process): what the audit does on
-    the main core and what it hands to the second; and the whole audit with no child at all."""
+    the main core and what it hands to the second; and the whole audit with no child at all (first,
+    before the parts' inputs are held in memory)."""
+
+    def sequential() -> None:
+        mode = os.environ.get("LEDGER_AUDIT_FORK")
+        os.environ["LEDGER_AUDIT_FORK"] = "0"
+        try:
+            render(seal(build_report(led, TASK, current=constitution, now=now)), "json")
+        finally:
+            if mode is None:
+                del os.environ["LEDGER_AUDIT_FORK"]
+            else:
+                os.environ["LEDGER_AUDIT_FORK"] = mode
+
+    replay_ms = _timed(led.replay, repeat)
+    sequential_ms = _timed(sequential, repeat)
     sc = scan(led)
     sc.verified()
     _, streams = select(sc, TASK, None)
@@ -115,17 +131,6 @@ def breakdown(led: Ledger, constitution: gate.Constitution, now: datetime, repea
         for s in streams:
             hop_node(sc, requests, s, lineages[s], window)
 
-    def sequential() -> None:
-        mode = os.environ.get("LEDGER_AUDIT_FORK")
-        os.environ["LEDGER_AUDIT_FORK"] = "0"
-        try:
-            render(seal(build_report(led, TASK, current=constitution, now=now)), "json")
-        finally:
-            if mode is None:
-                del os.environ["LEDGER_AUDIT_FORK"]
-            else:
-                os.environ["LEDGER_AUDIT_FORK"] = mode
-
     envelope = seal(report)
     parts = {
         "scan_read_decode_fold": _timed(lambda: scan(led, verify=False), repeat),
@@ -139,8 +144,6 @@ def breakdown(led: Ledger, constitution: gate.Constitution, now: datetime, repea
         "render_json": _timed(lambda: render(envelope, "json"), repeat),
         "render_html": _timed(lambda: render(envelope, "html"), 1),
     }
-    replay_ms = _timed(led.replay, repeat)
-    sequential_ms = _timed(sequential, repeat)
     return {
         "parts_ms": parts,
         "replay_ms": replay_ms,
