@@ -18,6 +18,7 @@ answer in time (it is then killed), the audit does the work in this process inst
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import select
@@ -83,6 +84,16 @@ class Child:
                 os._exit(code)
         os.close(write_fd)
         return cls(pid, read_fd, allowance_s)
+
+    def close(self) -> None:
+        """Stop waiting: kill the child if it still runs and reap it (after an error, say)."""
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        os.close(self.fd)
+        os.waitpid(self.pid, 0)
 
     def result(self) -> Any:
         """The child's answer, once (None when the child failed: the caller does the work itself)."""

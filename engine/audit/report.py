@@ -224,21 +224,24 @@ def _build_report(
     hops: list[dict[str, Any]] = []
     ancestors: dict[str, list[str]] = {}
     reruns = rerunner.start([s for s in streams if sc.in_window(s, window)])  # a share in a child
-    for s in streams:
-        ancestors[s] = lineage(sc, s)
-        hops.append(hop_node(sc, requests, s, ancestors[s], window))
-    in_window = {h["session_id"] for h in hops if h["in_window"]}
-    keep = set(in_window)
-    for h in hops:  # ancestors of in-window hops stay as context
-        if h["session_id"] in in_window:
-            keep.update(ancestors[h["session_id"]])
-    hops = [h for h in hops if h["session_id"] in keep]
-    audited = [h for h in hops if h["in_window"]]
-    for h in audited:  # what needs no re-run first: the child may still be re-running
-        found += fnd.hop_findings(h, sc.by_stream[h["session_id"]][-1].at_us, now, stale_after)
-    newest = _checkpoint(ledger, sc)
-    kept, retention_findings = fnd.retention(sc, retention_min, now)
-    done = reruns.result()
+    try:
+        for s in streams:
+            ancestors[s] = lineage(sc, s)
+            hops.append(hop_node(sc, requests, s, ancestors[s], window))
+        in_window = {h["session_id"] for h in hops if h["in_window"]}
+        keep = set(in_window)
+        for h in hops:  # ancestors of in-window hops stay as context
+            if h["session_id"] in in_window:
+                keep.update(ancestors[h["session_id"]])
+        hops = [h for h in hops if h["session_id"] in keep]
+        audited = [h for h in hops if h["in_window"]]
+        for h in audited:  # what needs no re-run first: the child may still be re-running
+            found += fnd.hop_findings(h, sc.by_stream[h["session_id"]][-1].at_us, now, stale_after)
+        newest = _checkpoint(ledger, sc)
+        kept, retention_findings = fnd.retention(sc, retention_min, now)
+        done = reruns.result()
+    finally:
+        reruns.close()  # no-op once answered; otherwise the child is killed and reaped
     for h in hops:
         h["rerun"] = done.get(h["session_id"])
     for h in audited:

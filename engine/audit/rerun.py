@@ -163,6 +163,11 @@ class Reruns:
             if self.child is None:
                 self.theirs, self.ours = [], streams
 
+    def close(self) -> None:
+        """Give up on the child's share (kill and reap it), e.g. when the audit fails meanwhile."""
+        if self.child is not None:
+            self.child.close()
+
     def result(self) -> dict[str, dict[str, Any]]:
         """Every stream's re-run (the child's share re-run here if the child failed)."""
         rerun = self.rerunner.rerun

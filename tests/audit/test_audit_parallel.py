@@ -3,6 +3,7 @@ plain sequential audit gives: same bytes (a tampered ledger included), same re-r
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from audit_support import TASK, Chain
 
 import gate
 from engine.audit import build_report, forked, rerun
+from engine.audit import report as report_module
 from engine.audit.canonical import fast_canonical, number
 from engine.audit.hops import _coverage
 from engine.audit.scan import Ev
@@ -83,6 +85,29 @@ class TestForked:
         if child is None:
             pytest.skip("no fork on this system")
         assert child.result() is None
+
+    def test_a_failing_audit_kills_and_reaps_its_child(
+        self, chain_keys: Chain, rules: gate.Constitution, started: list[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """An error while the child re-runs: the error surfaces, the child is killed and reaped."""
+        children: list[forked.Child] = []
+        real_close = forked.Child.close
+
+        def close(self: forked.Child) -> None:
+            children.append(self)
+            real_close(self)
+
+        def broken(*args: Any) -> dict[str, Any]:
+            raise RuntimeError("hop building failed")
+
+        monkeypatch.setattr(forked.Child, "close", close)
+        monkeypatch.setattr(report_module, "hop_node", broken)
+        with pytest.raises(RuntimeError, match="hop building failed"):
+            _audit(chain_keys.db, rules)
+        assert started == ["reruns"]
+        (child,) = children
+        with pytest.raises(ChildProcessError):
+            os.waitpid(child.pid, os.WNOHANG)  # already reaped
 
     def test_child_answers_its_work(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("LEDGER_AUDIT_FORK", "1")
