@@ -1,8 +1,9 @@
 """AgentBackend over real `opencode serve` processes: one server per agent, single use.
 
 A spawn takes a pre-started, warmed server from the pool (``engine/opencode_pool.py``), or
-cold-starts one when the pool is empty or off. Either way nothing agent-specific is in the
-server's config; it is applied once the server is the agent's:
+cold-starts one when the pool is empty or off. A pooled server's config holds nothing
+agent-specific; it is applied once the server is the agent's (the same on a cold start, except
+that the MCP entry then goes into the start config, which saves a round trip):
 
 * the project directory: every request of the agent's client carries ``?directory=`` (OpenCode
   runs one instance per directory: sessions, events, tools and files all live there);
@@ -137,12 +138,14 @@ class OpenCodeBackend:
         #: how each agent's server came: "pool" or "cold" (by session id), for tests and statistics
         self.origins: dict[str, str] = {}
 
-    def _config(self, *, warmup: bool = False) -> dict[str, Any]:
-        """The config every agent's server starts with: the model only (nothing per agent)."""
+    def _config(self, *, warmup: bool = False, mcp: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The config a server starts with: the model; a cold-started agent's server also its MCP
+        entry (a pooled one gets it at run time, ``POST /mcp``)."""
         config = build_agent_config(
             model_base_url=self.model_base_url,
             provider=None if self.model_base_url else self.provider,
             model=self.model,
+            mcp=mcp,
         )
         if warmup and self._warmup is not None:
             config.setdefault("provider", {}).update(self._warmup.provider())
@@ -186,8 +189,10 @@ class OpenCodeBackend:
         state_dir = self.state_root / spec.session_id
         service = await self.pool.take(spec.project_directory) if self.pool.size > 0 else None
         self.origins[spec.session_id] = "pool" if service is not None else "cold"
-        if service is None:
-            service = self._service(spec.project_directory, state_dir, self._config())
+        pooled = service is not None
+        if service is None:  # cold: the MCP entry goes into the start config (no round trip later)
+            mcp = {MCP_NAME: remote_mcp(spec.mcp_url, spec.mcp_token)} if spec.mcp_url else None
+            service = self._service(spec.project_directory, state_dir, self._config(mcp=mcp))
             await service.start()
         agent: OpenCodeAgent | None = None
         try:
@@ -200,7 +205,7 @@ class OpenCodeBackend:
                     spec.title, metadata=spec.metadata, permission=session_permission_rules(spec.permission)
                 ),
                 agent.open_events(),
-                self._connect_mcp(client, spec),
+                self._connect_mcp(client, spec) if pooled else asyncio.sleep(0),
             )
             agent.opencode_session_id = session["id"]
             _write_private(

@@ -89,7 +89,9 @@ class WarmupResponder:
         server.daemon_threads = True
         server.completions = 0  # type: ignore[attr-defined]
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="warmup-responder", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, args=(0.05,), name="warmup-responder", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -98,8 +98,10 @@ class Engine:
 
     async def stop(self) -> None:
         if self.service is not None:
-            await self.service.shutdown()
-            await self.service.backend.close()  # type: ignore[attr-defined]
+            backend: OpenCodeBackend = self.service.backend  # type: ignore[assignment]
+            # the idle pooled servers stop while the running agents are stopped and recorded
+            await asyncio.gather(self.service.shutdown(), backend.pool.close())
+            await backend.close()
         if self._http is not None:
             self._http.should_exit = True
             if self._http_task is not None:
