@@ -155,6 +155,8 @@ class OpenCodePool:
     async def close(self) -> None:
         """Stop filling, stop every pooled server (and the one starting), remove their state."""
         self._closed = True
+        if self._starting is not None:  # holds no agent's work: no grace period
+            self._starting.kill()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -240,8 +242,11 @@ class OpenCodePool:
 
     @staticmethod
     async def _stop(service: OpenCodeService) -> None:
+        """Stop a server that holds no agent's work: SIGKILL at once (a starting OpenCode may not
+        answer SIGTERM yet), then reap the group and check nothing of it is left."""
         try:
-            await service.stop(abort_sessions=False, grace=1.0)
+            service.kill()
+            await service.stop(abort_sessions=False, grace=0.5)
         except Exception as exc:
             log.warning("stopping pooled opencode server failed: %s", exc)
         shutil.rmtree(service.state_dir, ignore_errors=True)
