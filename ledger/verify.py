@@ -59,6 +59,8 @@ class VerifyReport:
     #: whether the payload hashes were checked by a worker process beside the chain walk
     parallel: bool = False
     worker_peak_rss_kib: int | None = None
+    #: (size, signed root) of checkpoints whose root a `merkle=False` walk left to its caller
+    deferred_roots: list[tuple[int, bytes]] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -183,11 +185,14 @@ def verify_rows(
     start_seq: int = 1,
     progress: Callable[[int], None] | None = None,
     payloads: bool = True,
+    merkle: bool = True,
 ) -> VerifyReport:
     """The verifier's loop over stored rows (no object per row; Entries are built only to explain a break).
 
-    `payloads=False` checks everything but the payload hashes (and leaves `pruned` at 0): the chain
-    half of a parallel verify, whose payload half runs in ledger/payload_check.py.
+    `payloads=False` checks everything but the payload hashes (and leaves `pruned` at 0), and
+    `merkle=False` compares checkpoints' heads but leaves their Merkle roots to the caller (listed in
+    `deferred_roots`): the chain half of a parallel verify, whose other half runs in
+    ledger/payload_check.py.
     """
     report = VerifyReport()
     wanted: dict[int, list[tuple[bytes | None, bytes, StoredCheckpoint]]] = {}
@@ -282,26 +287,31 @@ def verify_rows(
         expected_seq += 1
         count += 1
         if seq <= merkle_until:
-            leaves.append(h)
-            if len(leaves) == MERKLE_BLOCK:  # the tree only ever takes whole, aligned blocks
-                tree.append_block(leaves)
-                leaves = []
+            if merkle:
+                leaves.append(h)
+                if len(leaves) == MERKLE_BLOCK:  # the tree only ever takes whole, aligned blocks
+                    tree.append_block(leaves)
+                    leaves = []
             if seq in wanted:
-                at_size = tree.copy()
-                for leaf in leaves:
-                    at_size.append(leaf)
-                root = at_size.root()
-                report.root = root.hex()
+                root = None
+                if merkle:
+                    at_size = tree.copy()
+                    for leaf in leaves:
+                        at_size.append(leaf)
+                    root = at_size.root()
+                    report.root = root.hex()
                 for head, want_root, cp in wanted.pop(seq):
                     report.checkpoints_checked += 1
-                    if (head is not None and head != h) or want_root != root:
+                    if root is None:
+                        report.deferred_roots.append((seq, want_root))
+                    if (head is not None and head != h) or (root is not None and want_root != root):
                         report.broken = ChainBroken(
                             seq,
                             "checkpoint_mismatch",
                             f"the ledger up to entry {seq} differs from the signed checkpoint of size {cp.size}: "
                             "the chain was rewritten",
                             expected=(head or want_root).hex(),
-                            actual=(h if head is not None else root).hex(),
+                            actual=(h if head is not None else (root or b"")).hex(),
                         )
                         break
                 if report.broken is not None:

@@ -17,6 +17,8 @@ from test_verify import COLUMNS, fill, flip_byte
 
 from ledger import Ledger
 from ledger.chain import PAYLOAD_DOMAIN
+from ledger.checkpoint import load_signer
+from ledger.verify import StoredCheckpoint
 from ledger.verify_parallel import WORKER, verify_database
 
 
@@ -64,6 +66,29 @@ class TestSameReportAsSequential:
             par, seq = _same_report(led)
             assert not par["ok"]
             assert par == seq
+
+    def test_a_signed_root_that_does_not_match_the_entries(self, ledger: Ledger) -> None:
+        """The worker computes the Merkle roots at the checkpoints' sizes: a checkpoint signed with the
+        ledger's own key over the right head but a wrong root is a mismatch on both paths."""
+        fill(ledger, 300)  # beyond one Merkle block
+        head = ledger.head()
+        bad = load_signer(ledger.key_path).sign(ledger.origin, head.size, bytes(32), head.hash)
+        extra = [StoredCheckpoint(head.size, bad.note)]
+        par = ledger.verify(parallel=True, extra_checkpoints=extra).to_json()
+        seq = ledger.verify(parallel=False, extra_checkpoints=extra).to_json()
+        assert par == seq
+        assert (par["first_bad_seq"], par["problem"]) == (300, "checkpoint_mismatch")
+
+    def test_roots_at_every_checkpoint_come_from_the_worker(self, ledger: Ledger) -> None:
+        for n in (100, 300, 57):
+            fill(ledger, n)
+            ledger.checkpoint()
+        par = ledger.verify(parallel=True)
+        seq = ledger.verify(parallel=False)
+        assert par.parallel
+        assert par.ok
+        assert par.root == seq.root
+        assert par.checkpoints_checked == seq.checkpoints_checked >= 3
 
     def test_empty_ledger(self, ledger: Ledger) -> None:
         par, seq = _same_report(ledger)
