@@ -284,9 +284,25 @@ def scan(ledger: Ledger, *, verify: bool = True) -> LedgerScan:
     return out
 
 
+#: timestamps `iso_us` writes as the ledger's fold does (year 1970 to 9999; others go to the ledger's own)
+_ISO_RANGE = range(0, 253_402_300_800_000_000)
+
+
+class _Projector(Projector):
+    """The ledger's fold, with its per-event timestamp text from `iso_us` (the seconds' text cached)
+    instead of a datetime formatted per event: the same text (a property test compares them)."""
+
+    def _when(self, recorded_at_us: int) -> str:
+        if recorded_at_us not in _ISO_RANGE:
+            return super()._when(recorded_at_us)
+        if recorded_at_us != self._last_us:
+            self._last_us, self._last_iso = recorded_at_us, iso_us(recorded_at_us)
+        return self._last_iso
+
+
 def _fold(out: LedgerScan, capture: dict[int, list[tuple[Ev, bool]]]) -> None:
     store = out.states
-    apply = Projector().apply
+    apply = _Projector().apply
     revoked: set[str] = set()
     projected = PROJECTED_TYPES
     revocations = out.revocations

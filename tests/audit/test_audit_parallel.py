@@ -222,3 +222,34 @@ class TestNumbers:
     )
     def test_exact_cases_agree(self, value: dict[str, Any]) -> None:
         assert fast_canonical(value) == canonical_bytes(value)
+
+
+class TestGarbageCollector:
+    def test_what_the_audit_allocated_leaves_the_young_generation(self) -> None:
+        """On the way out the paused collector finds the audit's containers in the oldest generation,
+        not the youngest (where the first allocation would walk them all), and is enabled again."""
+        import gc
+
+        assert gc.isenabled()
+        gc.collect()  # generations empty: a young-generation pass on the way out promotes one step only
+        with report_module._gc_paused():
+            assert not gc.isenabled()
+            kept = [{"n": [i]} for i in range(20_000)]
+        assert gc.isenabled()
+        oldest = gc.get_objects(generation=2)
+        assert any(o is kept for o in oldest)
+        assert any(o is kept[-1] for o in oldest)
+
+    def test_a_callers_frozen_objects_stay_frozen(self) -> None:
+        import gc
+
+        gc.freeze()
+        try:
+            frozen = gc.get_freeze_count()
+            with report_module._gc_paused():
+                kept = [{"n": [i]} for i in range(2_000)]
+            assert gc.get_freeze_count() >= frozen > 0
+            assert gc.isenabled()
+            assert len(kept) == 2_000
+        finally:
+            gc.unfreeze()
