@@ -19,10 +19,12 @@ answer in time (it is then killed), the audit does the work in this process inst
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import pickle
 import select
 import signal
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -57,25 +59,41 @@ class Child:
         self.pid, self.fd, self.timeout = pid, fd, timeout
         self._done = False
         self._result: Any = None
+        self._box: mmap.mmap | None = None
+        self._inbox = -1
+        self._sent = False
 
     @classmethod
-    def start(cls, work: Callable[[], Any], *, allowance_s: float = _ALLOWANCE_S) -> Child | None:
+    def start(
+        cls, work: Callable[..., Any], *, allowance_s: float = _ALLOWANCE_S, inbox: int = 0
+    ) -> Child | None:
         """Fork a child that runs `work()` and answers its pickled result (None when no child can be
-        forked here: do the work in this process instead). `allowance_s`: its time before being killed."""
+        forked here: do the work in this process instead). `allowance_s`: its time before being killed.
+        `inbox` > 0: the child can be handed one object later (`send`), of up to `inbox` bytes pickled,
+        and then be told to hurry (`hurry`): `work(receive, hurried)` is then called; `receive()`
+        returns that object (None if none came), `hurried()` whether the parent wants the answer now."""
         if not can_fork():
             return None
+        box = mmap.mmap(-1, inbox) if inbox > 0 else None  # shared with the child, pages made on use
+        in_read, in_write = os.pipe() if box is not None else (-1, -1)
         read_fd, write_fd = os.pipe()
         try:
             pid = os.fork()
         except OSError:
-            os.close(read_fd)
-            os.close(write_fd)
+            for fd in (read_fd, write_fd, in_read, in_write):
+                if fd >= 0:
+                    os.close(fd)
             return None
         if pid == 0:  # the child: work, answer, leave without touching the parent's state
             code = 1
             try:
                 os.close(read_fd)
-                data = pickle.dumps(work(), protocol=pickle.HIGHEST_PROTOCOL)
+                if box is None:
+                    answer = work()
+                else:
+                    os.close(in_write)
+                    answer = work(lambda: _receive(in_read, box), lambda: _poked(in_read))
+                data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
                 view = memoryview(data)
                 while view:
                     view = view[os.write(write_fd, view) :]
@@ -83,10 +101,38 @@ class Child:
             finally:
                 os._exit(code)
         os.close(write_fd)
-        return cls(pid, read_fd, allowance_s)
+        child = cls(pid, read_fd, allowance_s)
+        if box is not None:
+            os.close(in_read)
+            child._box, child._inbox = box, in_write
+        return child
+
+    def send(self, value: Any) -> bool:
+        """Hand the child its input (once; never blocks): False when it does not fit the inbox or the
+        child is gone (it then answers None: the caller does the work itself)."""
+        box, fd = self._box, self._inbox
+        if box is None or fd < 0 or self._sent:
+            return False
+        self._sent = True
+        try:
+            data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            fits = len(data) <= len(box)
+            if fits:
+                box[: len(data)] = data
+            os.write(fd, struct.pack(">q", len(data) if fits else -1))  # 8 bytes into an empty pipe
+            return fits
+        except OSError:  # the child has died already
+            return False
+
+    def hurry(self) -> None:
+        """Tell the child (once it has its input) that its answer is wanted now: what it has done."""
+        if self._inbox >= 0 and self._sent:
+            with contextlib.suppress(OSError):
+                os.write(self._inbox, b"!")
 
     def close(self) -> None:
         """Stop waiting: kill the child if it still runs and reap it (after an error, say)."""
+        self._close_inbox()
         if self._done:
             return
         self._done = True
@@ -99,6 +145,8 @@ class Child:
         """The child's answer, once (None when the child failed: the caller does the work itself)."""
         if self._done:
             return self._result
+        if not self._sent:
+            self._close_inbox()  # nothing sent by now: the child is told so and answers without it
         self._done = True
         chunks = []
         status = -1
@@ -114,6 +162,7 @@ class Child:
         finally:
             os.close(self.fd)
             _, status = os.waitpid(self.pid, 0)
+            self._close_inbox()
         if status != 0 or not chunks:
             return None
         try:
@@ -121,3 +170,28 @@ class Child:
         except Exception:  # a child that died mid-write: the caller does the work itself
             return None
         return self._result
+
+    def _close_inbox(self) -> None:
+        if self._inbox >= 0:
+            os.close(self._inbox)
+            self._inbox = -1
+        if self._box is not None:
+            self._box.close()
+            self._box = None
+
+
+def _receive(fd: int, box: mmap.mmap) -> Any:
+    """In the child: the object the parent sent (None when it sent none, or one too large)."""
+    head = b""
+    while len(head) < 8:
+        chunk = os.read(fd, 8 - len(head))
+        if not chunk:  # the parent closed the inbox without a word
+            return None
+        head += chunk
+    (size,) = struct.unpack(">q", head)
+    return None if size < 0 else pickle.loads(box[:size])  # noqa: S301 - our parent's input
+
+
+def _poked(fd: int) -> bool:
+    """In the child, after `_receive`: whether the parent has written to (or closed) the inbox since."""
+    return bool(select.select([fd], [], [], 0)[0])

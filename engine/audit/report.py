@@ -18,8 +18,8 @@ import gate
 from engine.audit import findings as fnd
 from engine.audit.canonical import number, report_bytes
 from engine.audit.hops import hop_node
-from engine.audit.rerun import Requests, Rerunner, Rulebook
-from engine.audit.scan import LedgerScan, iso_us, scan
+from engine.audit.rerun import Helper, Requests, Rerunner, Rulebook
+from engine.audit.scan import LedgerScan, ScanPoint, iso_us, scan
 from ledger import Ledger
 from ledger.checkpoint import parse_checkpoint_body
 from ledger.entry import datetime_to_us
@@ -212,19 +212,20 @@ def _build_report(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     now = now or datetime.now(UTC)
-    sc = scan(ledger)
-    task_id, streams = select(sc, task_id, session_id)
-    window = _window(since, until)
-    requests = Requests(sc)
-    rules = Rulebook.from_scan(
-        sc, current if current is not None else gate.default_constitution(), current_source
-    )
-    rerunner = Rerunner(sc, requests, rules)
-    found: list[dict[str, Any]] = []
-    hops: list[dict[str, Any]] = []
-    ancestors: dict[str, list[str]] = {}
-    reruns = rerunner.start([s for s in streams if sc.in_window(s, window)])  # a share in a child
+    current_rules = current if current is not None else gate.default_constitution()
+    point = ScanPoint.of(ledger)
+    helper = Helper.start(point, current_rules, current_source)  # forked now, while the heap is small
     try:
+        sc = scan(ledger, point=point, verify=helper is None, keep_raw=helper is not None)
+        task_id, streams = select(sc, task_id, session_id)
+        window = _window(since, until)
+        requests = Requests(sc)
+        rules = Rulebook.from_scan(sc, current_rules, current_source)
+        rerunner = Rerunner(sc, requests, rules)
+        found: list[dict[str, Any]] = []
+        hops: list[dict[str, Any]] = []
+        ancestors: dict[str, list[str]] = {}
+        reruns = rerunner.start([s for s in streams if sc.in_window(s, window)], helper)  # a share to it
         for s in streams:
             ancestors[s] = lineage(sc, s)
             hops.append(hop_node(sc, requests, s, ancestors[s], window))
@@ -235,18 +236,19 @@ def _build_report(
                 keep.update(ancestors[h["session_id"]])
         hops = [h for h in hops if h["session_id"] in keep]
         audited = [h for h in hops if h["in_window"]]
-        for h in audited:  # what needs no re-run first: the child may still be re-running
+        for h in audited:  # what needs no re-run first: the helper may still be re-running
             found += fnd.hop_findings(h, sc.by_stream[h["session_id"]][-1].at_us, now, stale_after)
         newest = _checkpoint(ledger, sc)
         kept, retention_findings = fnd.retention(sc, retention_min, now)
         done = reruns.result()
     finally:
-        reruns.close()  # no-op once answered; otherwise the child is killed and reaped
+        if helper is not None:
+            helper.close()  # no-op once answered; otherwise the child is killed and reaped
     for h in hops:
         h["rerun"] = done.get(h["session_id"])
     for h in audited:
         found += fnd.rerun_findings(h)
-    verify = sc.verified().to_json()  # the verify child (if any) has had the time to finish
+    verify = sc.verified().to_json()  # the helper's, or verified now if it did not answer
     found = fnd.ledger_findings(verify, newest) + found + retention_findings
     found.sort(
         key=lambda f: ({"violation": 0, "warning": 1, "info": 2}[f["severity"]], f["seq"] or 0, f["code"])

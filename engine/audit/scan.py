@@ -96,6 +96,7 @@ class LedgerScan:
     checkpoints: list[StoredCheckpoint] = field(default_factory=list)
     verify: VerifyReport | None = None
     unreadable: list[int] = field(default_factory=list)  # seqs whose payload is not its event's JSON
+    raw: dict[int, bytes] | None = None  # stored payloads of the RAW_TYPES entries, by seq (when kept)
     _tasks: dict[str, str | None] = field(default_factory=dict)
     _parents: dict[str, str | None] = field(default_factory=dict)
     _last: int = 0
@@ -174,8 +175,32 @@ def iso_us(us: int) -> str:
     return f"{_second(seconds)}.{micros:06d}Z" if micros else f"{_second(seconds)}Z"
 
 
-def _read(out: LedgerScan, rows: Iterable[tuple[Any, ...]], decisions: list[Ev]) -> Iterator[tuple[Any, ...]]:
-    """Index every stored row into `out` while handing it on (to the verifier, when it runs here)."""
+#: the entries whose stored payload bytes a scan keeps (`raw`) when asked: what a re-run reads
+RAW_TYPES = frozenset({"gate.decided", "delegation.requested", "constitution.loaded"})
+
+
+def decode_payload(payload: bytes | None, type_: str) -> tuple[dict[str, Any] | None, bool]:
+    """(the payload decoded, whether it is unreadable), as the scan's read decodes it: None for a
+    pruned payload, and for one that is not its event's JSON object (then unreadable)."""
+    if payload is None:
+        return None, False
+    try:
+        data = orjson.loads(payload)  # canonical UTF-8 bytes; what orjson refuses goes to the stdlib below
+    except ValueError:
+        try:  # NaN, a huge integer: JSON to Python's parser, not to orjson's
+            data = load_payload(payload)
+        except ValueError:  # bytes changed behind the chain's back: verify names the entry
+            return None, True
+    if data is not None and (type(data) is not dict or data.get("type") != type_):
+        return None, True
+    return data, False
+
+
+def _read(
+    out: LedgerScan, rows: Iterable[tuple[Any, ...]], decisions: list[Ev], raw: dict[int, bytes] | None = None
+) -> Iterator[tuple[Any, ...]]:
+    """Index every stored row into `out` while handing it on (to the verifier, when it runs here);
+    `raw`: where to keep the stored payloads of the RAW_TYPES entries, by seq."""
     loads = orjson.loads  # canonical UTF-8 bytes; what orjson refuses goes to the stdlib below
     kept = {
         "gate.decided": decisions,
@@ -215,6 +240,8 @@ def _read(out: LedgerScan, rows: Iterable[tuple[Any, ...]], decisions: list[Ev])
         seq_of_hash[h] = seq
         if t in kept:
             kept[t].append(ev)
+        if raw is not None and payload is not None and t in RAW_TYPES:
+            raw[seq] = payload
         yield row
 
 
@@ -246,21 +273,54 @@ def verify_file(
         conn.close()
 
 
-def scan(ledger: Ledger, *, verify: bool = True) -> LedgerScan:
+class ScanPoint(NamedTuple):
+    """What a scan reads and verifies: entries 1..last of the file, against these checkpoints."""
+
+    path: Path
+    durable: bool
+    last: int
+    checkpoints: list[StoredCheckpoint]
+    verifier: Verifier | None
+    origin: str | None
+
+    @classmethod
+    def of(cls, ledger: Ledger) -> ScanPoint:
+        checkpoints = ledger.checkpoints()  # read first: each one is then within the entries read
+        return cls(
+            ledger.path, ledger.durable, ledger.head().size, checkpoints, ledger.verifier(), ledger.origin
+        )
+
+    def verify(self) -> VerifyReport:
+        """The verify of entries 1..last (on a connection of its own)."""
+        return verify_file(
+            self.path,
+            self.last,
+            checkpoints=self.checkpoints,
+            verifier=self.verifier,
+            origin=self.origin,
+            durable=self.durable,
+        )
+
+
+def scan(
+    ledger: Ledger, *, verify: bool = True, point: ScanPoint | None = None, keep_raw: bool = False
+) -> LedgerScan:
     """Read the whole chain once: verify it (every link, payload hash and checkpoint, recomputed) while
     indexing and folding it, and capture each decision's context as of the ledger head it recorded.
-    The entries are 1..the head when the scan starts, on a read-only connection of the scan's own.
-    With `verify=False` nothing is verified while reading (`verified()` then verifies on demand)."""
-    checkpoints = ledger.checkpoints()  # read first: each one is then within the entries read below
-    last = ledger.head().size
-    verifier, origin = ledger.verifier(), ledger.origin
+    The entries are 1..the head when the scan starts (or `point`'s), on a read-only connection of the
+    scan's own. With `verify=False` nothing is verified while reading (`verified()` then verifies on
+    demand). `keep_raw`: keep the stored payloads of the RAW_TYPES entries (`raw`, by seq)."""
+    point = point or ScanPoint.of(ledger)
+    checkpoints, last, verifier, origin = point.checkpoints, point.last, point.verifier, point.origin
     out = LedgerScan(head=Head(0, bytes(32), 0), checkpoints=checkpoints)
     out._last = last
-    out._verify_args = (ledger.path, ledger.durable, verifier, origin)
+    out._verify_args = (point.path, point.durable, verifier, origin)
+    if keep_raw:
+        out.raw = {}
     decisions: list[Ev] = []
-    conn = store.connect(ledger.path, durable=ledger.durable, readonly=True)
+    conn = store.connect(point.path, durable=point.durable, readonly=True)
     try:
-        reader = _read(out, rows_until(store.iter_rows(conn), last), decisions)
+        reader = _read(out, rows_until(store.iter_rows(conn), last), decisions, out.raw)
         if verify:
             out.verify = verify_rows(reader, checkpoints=checkpoints, verifier=verifier, origin=origin)
         for _ in reader:  # verify stops at the first problem: the audit still reads everything

@@ -32,13 +32,14 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setenv("LEDGER_AUDIT_FORK", "1")
     monkeypatch.setattr(forked, "can_fork", lambda: True)
     monkeypatch.setattr(rerun, "FORK_MIN_RERUNS", 1)
+    monkeypatch.setattr(rerun, "FORK_MIN_ENTRIES", 1)
     kinds: list[str] = []
     real_start = forked.Child.start
 
     def start(work: Any, **kwargs: Any) -> forked.Child | None:
         child = real_start(work, **kwargs)
         if child is not None:
-            kinds.append("reruns")
+            kinds.append("helper")
         return child
 
     monkeypatch.setattr(forked.Child, "start", staticmethod(start))
@@ -63,7 +64,7 @@ class TestForked:
     ) -> None:
         """A share of the re-runs in a child: the same canonical bytes."""
         parallel = _audit(chain_keys.db, rules)
-        assert started == ["reruns"]
+        assert started == ["helper"]
         serial = _serial(chain_keys.db, rules, monkeypatch)
         assert canonical_bytes(parallel) == canonical_bytes(serial)
         assert parallel["ledger"]["verify"]["ok"] is True
@@ -75,8 +76,80 @@ class TestForked:
         """A child that answers nothing (crashed, killed) costs time, never content."""
         monkeypatch.setattr(forked.Child, "result", lambda self: None)
         parallel = _audit(chain_keys.db, rules)
-        assert started == ["reruns"]
+        assert started == ["helper"]
         assert canonical_bytes(parallel) == canonical_bytes(_serial(chain_keys.db, rules, monkeypatch))
+
+    def test_a_hurried_helper_answers_what_it_did(
+        self, chain_keys: Chain, rules: gate.Constitution, started: list[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Told to hurry after every re-run, the helper answers the first of its share only; this
+        process re-runs the others: the same bytes."""
+        monkeypatch.setattr(rerun, "HURRY_BATCH", 1)
+        monkeypatch.setattr(rerun, "CHILD_SHARE", 1.0)
+        done: list[int] = []
+        real_job = rerun._rerun_job
+
+        def job(*args: Any) -> list[dict[str, Any]]:
+            out = real_job(args[0], args[1], args[2], lambda: True)
+            done.append(len(out))
+            return out
+
+        monkeypatch.setattr(rerun, "_rerun_job", job)
+        real_result = rerun.Helper.result
+        answered: list[int] = []
+
+        def result(self: rerun.Helper) -> Any:
+            verify, reruns = real_result(self)
+            answered.append(-1 if reruns is None else len(reruns))
+            return verify, reruns
+
+        monkeypatch.setattr(rerun.Helper, "result", result)
+        parallel = _audit(chain_keys.db, rules)
+        assert started == ["helper"]
+        assert answered == [1]  # one of the seven decisions: the rest were re-run here
+        assert canonical_bytes(parallel) == canonical_bytes(_serial(chain_keys.db, rules, monkeypatch))
+
+    def test_an_input_too_large_for_the_inbox_is_done_here(
+        self, chain_keys: Chain, rules: gate.Constitution, started: list[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(rerun, "INBOX_BYTES", 16)
+        sent: list[bool] = []
+        real_send = rerun.Helper.send
+
+        def send(self: rerun.Helper, *args: Any) -> bool:
+            sent.append(real_send(self, *args))
+            return sent[-1]
+
+        monkeypatch.setattr(rerun.Helper, "send", send)
+        parallel = _audit(chain_keys.db, rules)
+        assert started == ["helper"]
+        assert sent == [False]
+        assert canonical_bytes(parallel) == canonical_bytes(_serial(chain_keys.db, rules, monkeypatch))
+
+    def test_child_receives_its_input(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A child with an inbox gets the one object sent, and sees when it is hurried."""
+        monkeypatch.setenv("LEDGER_AUDIT_FORK", "1")
+
+        def work(receive: Any, hurried: Any) -> tuple[Any, bool]:
+            got = receive()
+            while not hurried():  # killed past its allowance if `hurry` never reached it
+                __import__("time").sleep(0.001)
+            return got, True
+
+        child = forked.Child.start(work, inbox=1 << 16, allowance_s=5.0)
+        if child is None:
+            pytest.skip("no fork on this system")
+        assert child.send({"streams": ["a", "b"], "n": 2.5})
+        assert not child.send("twice")  # one input only
+        child.hurry()
+        assert child.result() == ({"streams": ["a", "b"], "n": 2.5}, True)
+
+    def test_child_told_nothing_receives_none(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("LEDGER_AUDIT_FORK", "1")
+        child = forked.Child.start(lambda receive, hurried: receive(), inbox=1 << 16, allowance_s=5.0)
+        if child is None:
+            pytest.skip("no fork on this system")
+        assert child.result() is None  # closed unsent: the child's receive() says None
 
     def test_child_that_never_answers_is_killed(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A child stuck past its allowance is killed and reported as failed (the caller then works)."""
@@ -104,7 +177,7 @@ class TestForked:
         monkeypatch.setattr(report_module, "hop_node", broken)
         with pytest.raises(RuntimeError, match="hop building failed"):
             _audit(chain_keys.db, rules)
-        assert started == ["reruns"]
+        assert started == ["helper"]
         (child,) = children
         with pytest.raises(ChildProcessError):
             os.waitpid(child.pid, os.WNOHANG)  # already reaped
@@ -138,7 +211,7 @@ class TestForked:
         conn.commit()
         conn.close()
         parallel = _audit(db, rules)
-        assert started == ["reruns"]
+        assert started == ["helper"]
         serial = _serial(db, rules, monkeypatch)
         assert parallel["ledger"]["verify"] == serial["ledger"]["verify"]
         assert parallel["ledger"]["verify"]["first_bad_seq"] == seq
