@@ -38,7 +38,7 @@ TARGET = 3.0
 
 
 def _children_cpu() -> float:
-    """CPU time of the reaped children (the audit's forked child re-running a share of the decisions)."""
+    """CPU time of the reaped children (the audit's helper: the verify and a share of the re-runs)."""
     t = os.times()
     return t.children_user + t.children_system
 
@@ -46,7 +46,7 @@ def _children_cpu() -> float:
 def measure(led: Ledger, constitution: gate.Constitution, rounds: int) -> dict[str, Any]:
     """Replay and audit alternately, `rounds` times each (so both share the machine's mood); medians of
     wall time, and of CPU time (steadier when other work shares the 2 cores). The audit's CPU time
-    is its own process's plus its forked child's (a share of the re-runs)."""
+    is its own process's plus its helper child's (the verify and a share of the re-runs)."""
     now = datetime.now(UTC)
     wall: dict[str, list[float]] = {"replay": [], "audit": [], "ratio": []}
     cpu: dict[str, list[float]] = {"replay": [], "audit": [], "audit_main": [], "ratio": []}
@@ -188,8 +188,9 @@ def main() -> None:
             "fork": args.fork,
             "build_s": round(build_s, 1),
         },
-        "what": "audit = build_report (one read of the chain: verify + decode + fold, every decision re-run "
-        "(a share in a forked child when a core is idle), hops, findings) + seal (canonical bytes, "
+        "what": "audit = build_report (the chain read, decoded and folded once, verified (by a helper child "
+        "forked at the start when a core is idle, else in the same read), every decision re-run (a share "
+        "by the helper), hops, findings) + seal (canonical bytes, "
         "SHA-256) + render json; replay = Ledger.replay(); same durable ledger, alternated, wall time, "
         "median of the per-round ratios; CPU figures count the audit's children; breakdown: each part "
         "timed alone, and the whole audit with no child (LEDGER_AUDIT_FORK=0)",

@@ -1,12 +1,15 @@
-"""The audit's work on the second core, in a forked child: a share of the decisions' re-runs.
+"""The audit's work on the second core, in a forked child: the verify, and a share of the re-runs.
 
-The child is forked after the fold, so it inherits the scan (copy-on-write) and re-runs its share
-while the audit builds the tree and re-runs the others. It is a plain `os.fork()`: it sends its
-pickled answer back through a pipe and leaves with `os._exit` (no atexit handler, no finaliser of
-the parent's state). A fork is not free for the parent: every page it writes afterwards that the
-child still shares is copied (a page fault of a few microseconds). That is worth it for the
-re-runs (about 0.1 ms of gate per decision, most of them handed over); it was not for the verify
-(tried: the parent's page faults cost what the hashing saved), which runs in the audit's read.
+The child (`rerun.Helper`) is forked at the start of the audit, before the scan, while the process
+holds little: a fork is not free for the parent, every page it writes afterwards that the child
+still shares is copied (a page fault of a few microseconds), and forked after the fold that cost
+about 25 ms. The child verifies the chain on a read of its own while the audit reads, decodes and
+folds it; then it is handed its input (`send`: pickled into a shared anonymous mapping, its size
+through a pipe, so the parent never blocks) and re-runs that share of the decisions while the audit
+builds the tree; told to hurry (`hurry`: one byte down the same pipe), it answers what it has done.
+It is a plain `os.fork()`: it sends its pickled answer back through a pipe and leaves with
+`os._exit` (no atexit handler, no finaliser of the parent's state); it opens its own connection
+and never uses the parent's.
 
 Forking is only done where it is safe and useful: a POSIX system with two cores or more, called
 from the main thread, and no other thread in the process but idle ledger writers (a fork copies
