@@ -77,7 +77,10 @@ class Child:
         returns that object (None if none came), `hurried()` whether the parent wants the answer now."""
         if not can_fork():
             return None
-        box = mmap.mmap(-1, inbox) if inbox > 0 else None  # shared with the child, pages made on use
+        try:  # shared with the child, pages made on use (refused where memory is not overcommitted)
+            box = mmap.mmap(-1, inbox) if inbox > 0 else None
+        except (OSError, ValueError, OverflowError):
+            return None
         in_read, in_write = os.pipe() if box is not None else (-1, -1)
         read_fd, write_fd = os.pipe()
         try:

@@ -144,6 +144,16 @@ class TestForked:
         child.hurry()
         assert child.result() == ({"streams": ["a", "b"], "n": 2.5}, True)
 
+    def test_no_inbox_no_child(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Where the inbox cannot be mapped, no child is forked (the audit works alone)."""
+        monkeypatch.setenv("LEDGER_AUDIT_FORK", "1")
+
+        def refused(*args: Any) -> None:
+            raise OSError(12, "Cannot allocate memory")
+
+        monkeypatch.setattr(forked.mmap, "mmap", refused)
+        assert forked.Child.start(lambda receive, hurried: 1, inbox=1 << 30) is None
+
     def test_child_told_nothing_receives_none(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("LEDGER_AUDIT_FORK", "1")
         child = forked.Child.start(lambda receive, hurried: receive(), inbox=1 << 16, allowance_s=5.0)
