@@ -41,6 +41,10 @@ from engine.opencode_warmup import WARMUP_PROVIDER, WarmupResponder, warm_up
 MCP_NAME = "ledger"
 
 
+#: how many agents' origins (pool or cold) `OpenCodeBackend.origins` keeps
+ORIGINS_KEPT = 1000
+
+
 class OpenCodeAgent:
     """A RunningAgent: one OpenCode server and one session in it, with its event stream open."""
 
@@ -135,7 +139,8 @@ class OpenCodeBackend:
         self._pool_ids = itertools.count()
         self._pool_run = secrets.token_hex(4)
         self.pool = OpenCodePool(pool_size, self._pooled_service, self._warm if self._warmup else None)
-        #: how each agent's server came: "pool" or "cold" (by session id), for tests and statistics
+        #: how each recent agent's server came: "pool" or "cold" (by session id, the newest
+        #: ORIGINS_KEPT), for tests and statistics
         self.origins: dict[str, str] = {}
 
     def _config(self, *, warmup: bool = False, mcp: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -189,6 +194,8 @@ class OpenCodeBackend:
         state_dir = self.state_root / spec.session_id
         service = await self.pool.take(spec.project_directory) if self.pool.size > 0 else None
         self.origins[spec.session_id] = "pool" if service is not None else "cold"
+        if len(self.origins) > ORIGINS_KEPT:  # bounded: a long-running server spawns without end
+            del self.origins[next(iter(self.origins))]
         pooled = service is not None
         if service is None:  # cold: the MCP entry goes into the start config (no round trip later)
             mcp = {MCP_NAME: remote_mcp(spec.mcp_url, spec.mcp_token)} if spec.mcp_url else None
