@@ -210,17 +210,21 @@ class OpenCodePool:
                     await self._warm_up(service, hint)
                     warmed_for = hint
                 except Exception as exc:  # a cold-but-working server is still worth keeping
-                    self.stats.warmup_failures += 1
-                    log.warning("warm-up of pooled opencode server failed: %s", exc)
+                    if not self._closed:
+                        self.stats.warmup_failures += 1
+                        log.warning("warm-up of pooled opencode server failed: %s", exc)
             if not service.is_alive():
                 raise RuntimeError("the server died during its warm-up")
         except asyncio.CancelledError:
             await asyncio.shield(self._stop(service))
             raise
         except Exception as exc:
+            await self._stop(service)
+            if self._closed:  # close() killed it while it started: not a failure
+                log.debug("pooled opencode server stopped while starting (pool closed): %s", exc)
+                return False
             self.stats.start_failures += 1
             log.warning("could not start a pooled opencode server: %s", exc)
-            await self._stop(service)
             return False
         finally:
             self._starting = None
