@@ -184,12 +184,10 @@ def verify_rows(
     start_prev: bytes = chain.GENESIS_HASH,
     start_seq: int = 1,
     progress: Callable[[int], None] | None = None,
-    payloads: bool = True,
     merkle: bool = True,
 ) -> VerifyReport:
     """The verifier's loop over stored rows (no object per row; Entries are built only to explain a break).
 
-    `payloads=False` checks everything but the payload hashes (and leaves `pruned` at 0), and
     `merkle=False` compares checkpoints' heads but leaves their Merkle roots to the caller (listed in
     `deferred_roots`): the chain half of a parallel verify, whose other half runs in
     ledger/payload_check.py.
@@ -239,9 +237,7 @@ def verify_rows(
                 )
             break
         try:
-            if not payloads:
-                pass
-            elif payload is not None:
+            if payload is not None:
                 ph = payload_prefix.copy()  # SHA-256 state after the domain tag: cheaper than concatenating
                 if salt is not None:
                     ph.update(salt)

@@ -49,29 +49,21 @@ def verify_database(
     kwargs = {"checkpoints": checkpoints, "verifier": verifier, "origin": origin, "progress": progress}
     if parallel is None:
         parallel = (os.cpu_count() or 1) > 1
-    else:
-        min_entries = 1 if parallel else min_entries
-    if parallel:
-        conn = store.connect(path, readonly=True, cache_kib=VERIFY_CACHE_KIB)
-        try:
-            last = store.begin_snapshot(conn)
-            if last >= min_entries:
-                report, why = _in_parallel(conn, path, last, python, kwargs)
-                if report is not None:
-                    return report
-                if why:
-                    sequential = _sequential(path, kwargs)
-                    sequential.warnings.append(f"verified sequentially: {why}")
-                    return sequential
-        finally:
-            conn.close()
-    return _sequential(path, kwargs)
-
-
-def _sequential(path: Path, kwargs: dict[str, Any]) -> VerifyReport:
+    elif parallel:
+        min_entries = 1
     conn = store.connect(path, readonly=True, cache_kib=VERIFY_CACHE_KIB)
     try:
-        return verify_rows(store.iter_rows(conn), **kwargs)
+        # one read snapshot serves the parallel attempt and, when needed, the sequential verify
+        last = store.begin_snapshot(conn)
+        why = None
+        if parallel and last >= min_entries:
+            report, why = _in_parallel(conn, path, last, python, kwargs)
+            if report is not None:
+                return report
+        sequential = verify_rows(store.iter_rows(conn), **kwargs)
+        if why:
+            sequential.warnings.append(f"verified sequentially: {why}")
+        return sequential
     finally:
         conn.close()
 
@@ -92,7 +84,9 @@ def _in_parallel(
     except OSError as exc:
         return None, f"the payload worker could not start ({exc})"
     try:
-        report = verify_rows(store.iter_header_rows(conn, last), payloads=False, merkle=False, **kwargs)
+        # the header rows carry no payloads, so the walk counts every one as pruned: the worker's count
+        # replaces that below
+        report = verify_rows(store.iter_header_rows(conn, last), merkle=False, **kwargs)
         if not report.ok:
             return None, None
         try:
