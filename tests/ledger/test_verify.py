@@ -14,56 +14,14 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from ledger_support import fresh_ledger, raw_db
+from ledger_support import COLUMNS, fill, flip_byte, fresh_ledger, raw_db
 from strategies import events, stream_events
 
 from ledger import Entry, Ledger, VerifyReport, verify_entries
 from ledger.chain import GENESIS_HASH, chain_hash, new_salt, payload_hash
 from ledger.checkpoint import Signer
 from ledger.verify import StoredCheckpoint
-from schemas.events import OperatorNote, OutputReceived
-
-COLUMNS = ("payload", "salt", "payload_hash", "hash", "type", "stream", "recorded_at")
-
-
-def note(i: int) -> OperatorNote:
-    return OperatorNote(text=f"note {i}", by="ops")
-
-
-def fill(led: Ledger, n: int, streams: int = 3) -> list[Entry]:
-    return led.append_many([(f"s{i % streams}", note(i)) for i in range(n)])
-
-
-def flip_byte(conn: sqlite3.Connection, seq: int, column: str, index: int, delta: int) -> None:
-    """Change one byte of one stored column of entry `seq`, keeping the column's storage class.
-
-    `delta` (1..255) is added modulo 256 to the byte at `index` (modulo the value's length). Text columns
-    are rewritten as TEXT even when the new bytes are not valid UTF-8, as disk corruption would leave them;
-    the stream name lives in the `streams` table, so changing it changes it for every entry of the stream.
-    """
-    if column == "stream":
-        sid, name = conn.execute(
-            "SELECT s.id, s.name FROM entries e JOIN streams s ON s.id = e.stream_id WHERE e.seq = ?", (seq,)
-        ).fetchone()
-        raw = bytearray(name.encode())
-    elif column == "recorded_at":
-        (value,) = conn.execute("SELECT recorded_at FROM entries WHERE seq = ?", (seq,)).fetchone()
-        raw = bytearray(value.to_bytes(8, "big", signed=True))
-    else:
-        (value,) = conn.execute(f"SELECT {column} FROM entries WHERE seq = ?", (seq,)).fetchone()
-        raw = bytearray(value.encode() if isinstance(value, str) else value)
-    i = index % len(raw)
-    raw[i] = (raw[i] + delta) % 256
-    if column == "stream":
-        conn.execute("UPDATE streams SET name = CAST(? AS TEXT) WHERE id = ?", (bytes(raw), sid))
-    elif column == "recorded_at":
-        conn.execute(
-            "UPDATE entries SET recorded_at = ? WHERE seq = ?", (int.from_bytes(raw, "big", signed=True), seq)
-        )
-    elif column == "type":
-        conn.execute("UPDATE entries SET type = CAST(? AS TEXT) WHERE seq = ?", (bytes(raw), seq))
-    else:
-        conn.execute(f"UPDATE entries SET {column} = ? WHERE seq = ?", (bytes(raw), seq))
+from schemas.events import OutputReceived
 
 
 def rehash_from(conn: sqlite3.Connection, start: int) -> None:

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ledger_support import fresh_ledger, raw_db
-from test_verify import COLUMNS, fill, flip_byte
+from ledger_support import COLUMNS, fill, flip_byte, fresh_ledger, raw_db
 
 from ledger import Ledger
 from ledger.chain import PAYLOAD_DOMAIN
