@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from ledger_support import COLUMNS, fill, flip_byte, fresh_ledger, raw_db
 
@@ -60,8 +61,11 @@ class TestSameReportAsSequential:
             fill(led, n)
             led.checkpoint()
             k = data.draw(st.integers(1, n), label="k")
-            with raw_db(led) as conn:
-                flip_byte(conn, k, column, data.draw(st.integers(0, 500)), data.draw(st.integers(1, 255)))
+            try:
+                with raw_db(led) as conn:
+                    flip_byte(conn, k, column, data.draw(st.integers(0, 500)), data.draw(st.integers(1, 255)))
+            except sqlite3.IntegrityError:
+                assume(False)  # a stream renamed onto another stream's name: the file refuses it
             par, seq = _same_report(led)
             assert not par["ok"]
             assert par == seq
