@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from ledger.canonical import load_payload
@@ -14,6 +16,26 @@ LEDGER_STREAM = "ledger"
 
 def us_to_datetime(us: int) -> datetime:
     return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
+
+
+#: microsecond times `iso_us` writes from integers: up to 2**33 s (year 2242), where the float division
+#: of `us_to_datetime` still lands on the exact microsecond, so both write the same text
+_EXACT_US = range(0, 2**33 * 1_000_000)
+
+
+@lru_cache(maxsize=16384)
+def _second_text(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def iso_us(us: int) -> str:
+    """RFC 3339 UTC text of a microsecond timestamp as the ledger writes it: Z, and a fraction only when
+    it is not zero. Per event on the fold's path, so the seconds' text is cached and no datetime is made
+    (outside `_EXACT_US`, the text of `us_to_datetime`)."""
+    if us not in _EXACT_US:
+        return us_to_datetime(us).isoformat().replace("+00:00", "Z")
+    seconds, micros = divmod(us, 1_000_000)
+    return f"{_second_text(seconds)}.{micros:06d}Z" if micros else f"{_second_text(seconds)}Z"
 
 
 def datetime_to_us(value: datetime) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from ledger.entry import us_to_datetime
+from ledger.entry import iso_us
 from schemas.events import TERMINAL_STATUSES
 from schemas.state import SessionState
 
@@ -62,10 +62,6 @@ class DictSessions(dict[str, dict[str, Any]]):
         self.updated[state["session_id"]] = self.seq
 
 
-def _iso(us: int) -> str:
-    return us_to_datetime(us).isoformat().replace("+00:00", "Z")
-
-
 class Projector:
     """Folds one event at a time into a SessionStore."""
 
@@ -75,7 +71,7 @@ class Projector:
 
     def _when(self, recorded_at_us: int) -> str:
         if recorded_at_us != self._last_us:  # a whole batch shares one timestamp
-            self._last_us, self._last_iso = recorded_at_us, _iso(recorded_at_us)
+            self._last_us, self._last_iso = recorded_at_us, iso_us(recorded_at_us)
         return self._last_iso
 
     def apply(

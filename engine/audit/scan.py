@@ -11,11 +11,9 @@ engine handed the gate at the time.
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from itertools import takewhile
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,7 +24,7 @@ from ledger import Ledger, VerifyReport, verify_rows
 from ledger import sqlite_store as store
 from ledger.canonical import load_payload
 from ledger.checkpoint import Verifier
-from ledger.entry import Head
+from ledger.entry import Head, iso_us
 from ledger.projections import PROJECTED_TYPES, DictSessions, Projector
 from ledger.verify import StoredCheckpoint
 
@@ -162,17 +160,6 @@ class LedgerScan:
                 return e.data.get("parent_session_id")
         state = self.states.get(stream)
         return None if state is None else state.get("parent_session_id")
-
-
-@lru_cache(maxsize=16384)
-def _second(seconds: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-
-
-def iso_us(us: int) -> str:
-    """RFC 3339 UTC time of a microsecond timestamp, as the ledger writes them (no zero fraction)."""
-    seconds, micros = divmod(us, 1_000_000)
-    return f"{_second(seconds)}.{micros:06d}Z" if micros else f"{_second(seconds)}Z"
 
 
 #: the entries whose stored payload bytes a scan keeps (`raw`) when asked: what a re-run reads
@@ -344,25 +331,9 @@ def scan(
     return out
 
 
-#: timestamps `iso_us` writes as the ledger's fold does (year 1970 to 9999; others go to the ledger's own)
-_ISO_RANGE = range(0, 253_402_300_800_000_000)
-
-
-class _Projector(Projector):
-    """The ledger's fold, with its per-event timestamp text from `iso_us` (the seconds' text cached)
-    instead of a datetime formatted per event: the same text (a property test compares them)."""
-
-    def _when(self, recorded_at_us: int) -> str:
-        if recorded_at_us not in _ISO_RANGE:
-            return super()._when(recorded_at_us)
-        if recorded_at_us != self._last_us:
-            self._last_us, self._last_iso = recorded_at_us, iso_us(recorded_at_us)
-        return self._last_iso
-
-
 def _fold(out: LedgerScan, capture: dict[int, list[tuple[Ev, bool]]]) -> None:
     store = out.states
-    apply = _Projector().apply
+    apply = Projector().apply
     revoked: set[str] = set()
     projected = PROJECTED_TYPES
     revocations = out.revocations
