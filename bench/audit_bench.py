@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gate
 from bench.audit_ledger import TASK, build
 from bench.common import median, write_results
-from engine.audit import build_report, render, seal
+from engine.audit import build_report, render_bytes, seal
 from engine.audit.hops import hop_node
 from engine.audit.report import lineage, select
 from engine.audit.rerun import Requests, Rerunner, Rulebook
@@ -58,7 +58,7 @@ def measure(led: Ledger, constitution: gate.Constitution, rounds: int) -> dict[s
         led.replay()
         t1, c1, k1 = time.perf_counter(), time.process_time(), _children_cpu()
         envelope = seal(build_report(led, TASK, current=constitution, now=now))
-        render(envelope, "json")
+        render_bytes(envelope, "json")
         t2, c2, k2 = time.perf_counter(), time.process_time(), _children_cpu()
         wall["replay"].append(t1 - t0)
         wall["audit"].append(t2 - t1)
@@ -102,7 +102,7 @@ def breakdown(led: Ledger, constitution: gate.Constitution, now: datetime, repea
         mode = os.environ.get("LEDGER_AUDIT_FORK")
         os.environ["LEDGER_AUDIT_FORK"] = "0"
         try:
-            render(seal(build_report(led, TASK, current=constitution, now=now)), "json")
+            render_bytes(seal(build_report(led, TASK, current=constitution, now=now)), "json")
         finally:
             if mode is None:
                 del os.environ["LEDGER_AUDIT_FORK"]
@@ -141,8 +141,8 @@ def breakdown(led: Ledger, constitution: gate.Constitution, now: datetime, repea
         "reruns": _timed(reruns, repeat),
         "hop_nodes": _timed(hops, repeat),
         "seal_report_bytes_sha256": _timed(lambda: seal(report), repeat),
-        "render_json": _timed(lambda: render(envelope, "json"), repeat),
-        "render_html": _timed(lambda: render(envelope, "html"), 1),
+        "render_json": _timed(lambda: render_bytes(envelope, "json"), repeat),
+        "render_html": _timed(lambda: render_bytes(envelope, "html"), 1),
     }
     return {
         "parts_ms": parts,
@@ -212,7 +212,7 @@ def main() -> None:
             "revoked": summary["revoked"],
             "reruns": summary["reruns"],
             "violations": summary["violations"],
-            "json_bytes": len(render(envelope, "json")),
+            "json_bytes": len(render_bytes(envelope, "json")),
         },
         "targets": {"audit_vs_replay": f"<= {TARGET}"},
         "met": {"audit_vs_replay": ratio <= TARGET},

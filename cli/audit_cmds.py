@@ -86,7 +86,7 @@ def audit(
 ) -> None:
     """Who asked for what, under whose authority, who delegated what to whom, what each agent did and
     spent, what was refused and why, and whether the record is intact; exit 1 on a violation."""
-    from engine.audit import FORMATS, AuditInputError, build_report, issue, render, seal
+    from engine.audit import FORMATS, AuditInputError, build_report, issue, render_bytes, seal
 
     fmt = "json" if want_json(json_out) else fmt
     if fmt not in FORMATS:
@@ -120,7 +120,7 @@ def audit(
     summary = report["summary"]
     if out_file is not None:
         out_file.parent.mkdir(parents=True, exist_ok=True)
-        out_file.write_text(render(envelope, fmt), encoding="utf-8")
+        out_file.write_bytes(render_bytes(envelope, fmt))
         err.print(
             f"wrote {out_file} ({fmt}); report sha256 {envelope['report_sha256']}; "
             f"{summary['result'].upper()}: {summary['violations']} violation(s), "
@@ -131,8 +131,9 @@ def audit(
 
         out.print(renderables(envelope))
     else:
-        sys.stdout.write(render(envelope, fmt))
         sys.stdout.flush()
+        sys.stdout.buffer.write(render_bytes(envelope, fmt))
+        sys.stdout.buffer.flush()
     if sign and fmt != "json":
         issued = envelope["issued"]
         err.print(

@@ -3,11 +3,12 @@
 report = build_report(ledger, task_id, current=constitution)   # a JSON-ready dict
 envelope = seal(report)                                          # + its SHA-256
 text = render(envelope, "md")                                    # text | json | md | html | csv
+data = render_bytes(envelope, "json")                            # the same, as the bytes to write
 issue(ledger, envelope)                                          # audit.issued + signed checkpoint
 """
 
 from engine.audit.findings import CODES
-from engine.audit.render import FORMATS, render
+from engine.audit.render import FORMATS, render, render_bytes
 from engine.audit.report import FORMAT, AuditInputError, build_report, issue, report_sha256, seal
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "build_report",
     "issue",
     "render",
+    "render_bytes",
     "report_sha256",
     "seal",
 ]

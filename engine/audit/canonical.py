@@ -105,10 +105,15 @@ def report_bytes(report: dict[str, Any]) -> bytes:
     return fast_canonical(report)
 
 
-def envelope_bytes(envelope: dict[str, Any], report: bytes) -> bytes:
-    """canonical_bytes(envelope) given the report's canonical bytes: the other members are small."""
+def envelope_bytes(envelope: dict[str, Any], report: bytes, end: bytes = b"") -> bytes:
+    """canonical_bytes(envelope) + `end`, given the report's canonical bytes: the other members are
+    small, and the report's bytes (megabytes) are copied once."""
     others = {k: v for k, v in envelope.items() if k != "report"}
     parts = [(k, canonical_bytes(v)) for k, v in others.items()] + [("report", report)]
     if not all(k.isascii() for k, _ in parts):
-        return canonical_bytes(dict(envelope))
-    return b"{" + b",".join(canonical_bytes(k) + b":" + v for k, v in sorted(parts)) + b"}"
+        return canonical_bytes(dict(envelope)) + end
+    pieces = [b"{"]
+    for i, (k, v) in enumerate(sorted(parts)):
+        pieces += [b"," if i else b"", canonical_bytes(k), b":", v]
+    pieces += [b"}", end]
+    return b"".join(pieces)

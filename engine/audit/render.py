@@ -14,8 +14,13 @@ CSV_COLUMNS = ("severity", "code", "session_id", "seq", "message", "expected", "
 
 def render_json(envelope: dict[str, Any]) -> str:
     """RFC 8785 canonical JSON of the envelope; `report_sha256` is the SHA-256 of the report's own bytes."""
+    return json_bytes(envelope).decode("utf-8")
+
+
+def json_bytes(envelope: dict[str, Any]) -> bytes:
+    """`render_json` as UTF-8 bytes, written without a text round trip (a report can be megabytes)."""
     report = getattr(envelope, "report_canonical", None) or report_bytes(envelope["report"])
-    return envelope_bytes(envelope, report).decode("utf-8") + "\n"
+    return envelope_bytes(envelope, report, b"\n")
 
 
 def render_csv(envelope: dict[str, Any]) -> str:
@@ -37,6 +42,11 @@ def render_csv(envelope: dict[str, Any]) -> str:
             ]
         )
     return buf.getvalue()
+
+
+def render_bytes(envelope: dict[str, Any], fmt: str, *, width: int = 160) -> bytes:
+    """`render` as UTF-8 bytes, what the CLI writes (json: the canonical bytes as they are)."""
+    return json_bytes(envelope) if fmt == "json" else render(envelope, fmt, width=width).encode("utf-8")
 
 
 def render(envelope: dict[str, Any], fmt: str, *, width: int = 160) -> str:

@@ -13,7 +13,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from strategies import json_objects, json_values
 
-from engine.audit import CODES, FORMATS, render, seal
+from engine.audit import CODES, FORMATS, render, render_bytes, seal
 from engine.audit.canonical import envelope_bytes, fast_canonical
 from engine.audit.hops import constraints_split
 from engine.audit.scan import iso_us
@@ -46,6 +46,7 @@ class TestCanonical:
         envelope = {"report": report, "report_sha256": "ab" * 32, "issued": issued}
         expected = canonical_bytes(copy.deepcopy(envelope))
         assert envelope_bytes(envelope, canonical_bytes(report)) == expected
+        assert envelope_bytes(envelope, canonical_bytes(report), b"\n") == expected + b"\n"
 
 
 @given(st.integers(0, 4_102_444_800_000_000))
@@ -209,6 +210,15 @@ def test_renderers_cope_with_missing_parts(fmt: str) -> None:
         assert "y <b>" not in text
     if fmt == "md":
         assert "c \\| d" in text
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_render_bytes_are_the_text_in_utf8(fmt: str) -> None:
+    """What the CLI writes (bytes) is the rendered text, encoded: json without a text round trip."""
+    envelope = seal(_minimal_report())
+    assert render_bytes(envelope, fmt) == render(envelope, fmt).encode("utf-8")
+    if fmt == "json":
+        assert render_bytes(envelope, fmt) == canonical_bytes(dict(envelope)) + b"\n"
 
 
 def test_unknown_format() -> None:
