@@ -12,6 +12,7 @@ from gate.errors import ContextError, RuleSetError
 from gate.rules import RULES, Rule
 from gate.subject import Subject
 from schemas.events import Finding, Verdict
+from schemas.requests import SpawnRequest
 
 __all__ = ["Gate", "evaluate"]
 
@@ -39,9 +40,14 @@ class Gate:
         return f"Gate({', '.join(r.id for r in self.rules)})"
 
     def evaluate(
-        self, request: Mapping[str, Any], chain: ChainContext, now: datetime, constitution: Constitution
+        self,
+        request: Mapping[str, Any] | SpawnRequest,
+        chain: ChainContext,
+        now: datetime,
+        constitution: Constitution,
     ) -> Verdict:
-        """Judge the raw `request` against its chain at time `now` under `constitution`.
+        """Judge the raw `request` against its chain at time `now` under `constitution`. A `SpawnRequest`
+        already validated from a raw request is judged as that raw request is (it skips validation).
 
         Never raises on a malformed request: every problem is a finding. ContextError only signals
         a caller's mistake (no ChainContext, no Constitution, a naive `now`).
@@ -90,7 +96,7 @@ _DEFAULT_GATE = Gate(RULES)
 
 
 def evaluate(
-    request: Mapping[str, Any], chain: ChainContext, now: datetime, constitution: Constitution
+    request: Mapping[str, Any] | SpawnRequest, chain: ChainContext, now: datetime, constitution: Constitution
 ) -> Verdict:
     """Judge `request` with every registered rule (see `Gate.evaluate`)."""
     return _DEFAULT_GATE.evaluate(request, chain, now, constitution)

@@ -38,6 +38,7 @@ _MODELS_AT: dict[tuple[str, ...], type[BaseModel]] = {
     **{(name,): model for name, model in _SECTIONS.items()},
     ("delegation_context", "budget"): Budget,
 }
+_ALL_VALID = frozenset({"request", "task", "origin", "delegation", *_TOP_LEVEL})
 _TIMESTAMPS = frozenset({"requested_at", "granted_at", "delegated_at", "expires_at"})
 _OBJECTS = frozenset({*_SECTIONS, "budget", "context"})
 _TYPE_NAMES = {
@@ -152,6 +153,10 @@ class Subject:
 
     def _read(self) -> None:
         raw = self.raw
+        if isinstance(raw, SpawnRequest):  # validated already (an audit re-run): judged as its raw form
+            self._take(raw)
+            self._check_blank()
+            return
         if not isinstance(raw, Mapping):
             self.findings.append(
                 self.finding(
@@ -171,16 +176,19 @@ class Subject:
             self.findings.extend(self._schema_finding(error) for error in errors)
             self._read_parts(data, {error["loc"][0] for error in errors if error["loc"]})
         else:
-            self.request = request
-            self.task, self.origin, self.delegation = (
-                request.original_task,
-                request.cap_origin,
-                request.delegation_context,
-            )
-            self.role, self.task_id, self.instructions = request.role, request.task_id, request.instructions
-            self.project_directory, self.model = request.project_directory, request.model
-            self.valid = frozenset({"request", "task", "origin", "delegation", *_TOP_LEVEL})
+            self._take(request)
         self._check_blank()
+
+    def _take(self, request: SpawnRequest) -> None:
+        self.request = request
+        self.task, self.origin, self.delegation = (
+            request.original_task,
+            request.cap_origin,
+            request.delegation_context,
+        )
+        self.role, self.task_id, self.instructions = request.role, request.task_id, request.instructions
+        self.project_directory, self.model = request.project_directory, request.model
+        self.valid = _ALL_VALID
 
     def _read_parts(self, data: dict[Any, Any], broken: set[Any]) -> None:
         valid = set()

@@ -216,7 +216,7 @@ def _build_report(
     point = ScanPoint.of(ledger)
     helper = Helper.start(point, current_rules, current_source)  # forked now, while the heap is small
     try:
-        sc = scan(ledger, point=point, verify=helper is None, keep_raw=helper is not None)
+        sc = scan(ledger, point=point, verify=helper is None)
         task_id, streams = select(sc, task_id, session_id)
         window = _window(since, until)
         requests = Requests(sc)

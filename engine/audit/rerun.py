@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 import gate
 from engine.audit.forked import Child
-from engine.audit.scan import AncestorAt, ContextAt, Ev, LedgerScan, ScanPoint, decode_payload
+from engine.audit.scan import AncestorAt, Captured, ContextAt, Ev, LedgerScan, ScanPoint, decode_payload
 from ledger import VerifyReport
 from ledger.entry import Head, us_to_datetime
 from schemas.base import parse_rfc3339
@@ -150,15 +150,17 @@ FORK_MIN_RERUNS = 200
 #: the share of the re-runs handed to the helper (this process builds every hop of the tree meanwhile,
 #: re-runs the others, then takes back what the helper has not done)
 CHILD_SHARE = 0.8
-#: room for the helper's input (the re-runs' stored payloads, pickled); memory is only made as used
+#: room for the helper's input (streams and contexts, pickled); memory is only made as used
 INBOX_BYTES = 1 << 30
 
 
 class Helper:
     """A child forked before the scan (see forked.py), while this process holds little: it verifies
-    the chain on a read of its own while this process reads, decodes and folds it; then it re-runs
-    the decisions it is handed (their stored payloads and rebuilt contexts) while this process builds
-    the tree. It answers (the verify report, the re-runs); whatever it fails to answer is done here."""
+    the chain on a read of its own while this process reads, decodes and folds it, keeping on the way
+    the entries re-runs read (`Captured`), which it decodes and validates while the scan goes on; then
+    it re-runs the decisions it is handed (their streams and rebuilt contexts: small) while this
+    process builds the tree. It answers (the verify report, the re-runs); whatever it fails to answer
+    is done here."""
 
     def __init__(self, child: Child) -> None:
         self.child = child
@@ -173,9 +175,11 @@ class Helper:
         def work(
             receive: Callable[[], Any], hurried: Callable[[], bool]
         ) -> tuple[VerifyReport, list[dict[str, Any]] | None]:
-            verify = point.verify()
+            captured = Captured()
+            verify = point.verify(captured)
+            prepared = _prepare(captured, current, source)  # while this process still scans
             job = receive()
-            return verify, None if job is None else _rerun_job(job, current, source, hurried)
+            return verify, None if job is None else _rerun_job(job, prepared, hurried)
 
         child = Child.start(work, allowance_s=10.0 + 0.002 * point.last, inbox=INBOX_BYTES)
         return None if child is None else cls(child)
@@ -206,11 +210,9 @@ class Helper:
 
 
 def _job(scan: LedgerScan, streams: list[str]) -> tuple[Any, ...]:
-    """What the helper needs to re-run `streams`, in plain values: the stored payloads of their
-    decisions and requests (and their parents' requests), their contexts, the recorded rule sets."""
-    raw = scan.raw if scan.raw is not None else {}
+    """What the helper needs besides what it read itself to re-run `streams`: their contexts as the
+    fold rebuilt them, in plain values."""
     contexts: dict[str, tuple[Any, ...]] = {}
-    sessions = set(streams)
     for s in streams:
         ctx = scan.contexts.get(s)
         if ctx is not None:
@@ -219,39 +221,37 @@ def _job(scan: LedgerScan, streams: list[str]) -> tuple[Any, ...]:
                 for a in ctx.parents
             )
             contexts[s] = (ctx.head_seq, parents, tuple(ctx.revoked), ctx.broken_ancestry)
-            sessions.update(a.session_id for a in ctx.parents)
-    entries: dict[tuple[str, str], tuple[int, int, bytes | None]] = {}
-    firsts = scan.firsts
-    for s in sessions:
-        for t in ("gate.decided", "delegation.requested"):
-            ev = firsts.get((s, t))
-            if ev is not None:
-                entries[(s, t)] = (ev.seq, ev.at_us, raw.get(ev.seq))
-    constitutions = [(ev.seq, ev.stream, ev.at_us, raw.get(ev.seq)) for ev in scan.constitutions]
-    return streams, entries, contexts, constitutions
+    return streams, contexts
 
 
 #: the helper looks whether it is hurried after each batch of this many re-runs (some milliseconds)
 HURRY_BATCH = 25
 
 
-def _rerun_job(
-    job: tuple[Any, ...], current: gate.Constitution, source: str | None, hurried: Callable[[], bool]
-) -> list[dict[str, Any]]:
-    """In the helper: the re-runs of a `_job`, from a scan rebuilt of what it holds (payloads decoded
-    as the scan decodes them), in order, until done or hurried (then the first ones only)."""
-    streams, entries, contexts, constitutions = job
+def _prepare(captured: Captured, current: gate.Constitution, source: str | None) -> Rerunner:
+    """In the helper, before its input comes: a re-runner over what it read (payloads decoded as the
+    scan decodes them, every request validated once), lacking only the contexts."""
     sub = LedgerScan(head=Head(0, bytes(32), 0))
-    for (s, t), (seq, at, payload) in entries.items():
+    for (s, t), (seq, at, payload) in captured.firsts.items():
         sub.firsts[(s, t)] = Ev(seq, s, t, at, b"", decode_payload(payload, t)[0])
-    for s, (head_seq, parents, revoked, broken) in contexts.items():
-        sub.contexts[s] = ContextAt(
-            head_seq, tuple(AncestorAt(*a) for a in parents), frozenset(revoked), broken
-        )
-    for seq, stream, at, payload in constitutions:
+    for seq, stream, at, payload in captured.constitutions:
         t = "constitution.loaded"
         sub.constitutions.append(Ev(seq, stream, t, at, b"", decode_payload(payload, t)[0]))
-    rerunner = Rerunner(sub, Requests(sub), Rulebook.from_scan(sub, current, source))
+    requests = Requests(sub)
+    for s, t in captured.firsts:
+        if t == "delegation.requested":
+            requests.model(s)
+    return Rerunner(sub, requests, Rulebook.from_scan(sub, current, source))
+
+
+def _rerun_job(job: tuple[Any, ...], rerunner: Rerunner, hurried: Callable[[], bool]) -> list[dict[str, Any]]:
+    """In the helper: the re-runs of a `_job` with the `_prepare`d re-runner, in order, until done or
+    hurried (then the first ones only)."""
+    streams, contexts = job
+    for s, (head_seq, parents, revoked, broken) in contexts.items():
+        rerunner.scan.contexts[s] = ContextAt(
+            head_seq, tuple(AncestorAt(*a) for a in parents), frozenset(revoked), broken
+        )
     done: list[dict[str, Any]] = []
     for i in range(0, len(streams), HURRY_BATCH):
         if i and hurried():
@@ -432,13 +432,15 @@ class Rerunner:
         now = _when(data.get("evaluated_at"), decided.at_us)
         recorded_hash = str(recorded.get("ruleset_hash"))
         old, problem = self.rules.recorded(recorded_hash)
-        old_verdict = None if old is None else gate.evaluate(raw, chain, now, old)
+        model = self.requests.model(decided.stream)  # validated once; judged as its raw form would be
+        request: dict[str, Any] | SpawnRequest = raw if model is None else model
+        old_verdict = None if old is None else gate.evaluate(request, chain, now, old)
         under_old = _outcome(recorded, old_verdict, old and recorded_hash, problem)
         one = old is not None and recorded_hash == self.rules.current_hash
         if one:  # one rule set, a pure function: one evaluation answers both
             under_new = under_old
         else:
-            new_verdict = gate.evaluate(raw, chain, now, self.rules.current)
+            new_verdict = gate.evaluate(request, chain, now, self.rules.current)
             under_new = _outcome(recorded, new_verdict, self.rules.current_hash, None)
         differs = not under_new["same_decision"] or (
             under_old["available"] and not under_old["same_decision"]

@@ -94,7 +94,6 @@ class LedgerScan:
     checkpoints: list[StoredCheckpoint] = field(default_factory=list)
     verify: VerifyReport | None = None
     unreadable: list[int] = field(default_factory=list)  # seqs whose payload is not its event's JSON
-    raw: dict[int, bytes] | None = None  # stored payloads of the RAW_TYPES entries, by seq (when kept)
     _tasks: dict[str, str | None] = field(default_factory=dict)
     _parents: dict[str, str | None] = field(default_factory=dict)
     _last: int = 0
@@ -162,7 +161,7 @@ class LedgerScan:
         return None if state is None else state.get("parent_session_id")
 
 
-#: the entries whose stored payload bytes a scan keeps (`raw`) when asked: what a re-run reads
+#: the entries a re-run reads (the helper keeps their stored payloads: `Captured`)
 RAW_TYPES = frozenset({"gate.decided", "delegation.requested", "constitution.loaded"})
 
 
@@ -183,11 +182,37 @@ def decode_payload(payload: bytes | None, type_: str) -> tuple[dict[str, Any] | 
     return data, False
 
 
-def _read(
-    out: LedgerScan, rows: Iterable[tuple[Any, ...]], decisions: list[Ev], raw: dict[int, bytes] | None = None
-) -> Iterator[tuple[Any, ...]]:
-    """Index every stored row into `out` while handing it on (to the verifier, when it runs here);
-    `raw`: where to keep the stored payloads of the RAW_TYPES entries, by seq."""
+class Captured:
+    """The RAW_TYPES entries a read goes past, as (seq, time, stored payload): the first of each
+    (stream, type), and every constitution.loaded. What the helper re-runs decisions from, taken on
+    its own read while it verifies (the same entries the scan indexes as `firsts` and `constitutions`)."""
+
+    def __init__(self) -> None:
+        self.firsts: dict[tuple[str, str], tuple[int, int, bytes | None]] = {}
+        self.constitutions: list[tuple[int, str, int, bytes | None]] = []
+
+    def rows(self, rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+        """Hand `rows` on, keeping what the re-runs read."""
+        names: dict[Any, str] = {}
+        firsts, constitutions = self.firsts, self.constitutions
+        for row in rows:
+            t = names.get(row[2])
+            if t is None:
+                t = names[row[2]] = _text(row[2])
+            if t in RAW_TYPES:
+                seq, stream, _, at, payload = row[:5]
+                s = names.get(stream)
+                if s is None:
+                    s = names[stream] = _text(stream)
+                if t == "constitution.loaded":
+                    constitutions.append((seq, s, at, payload))
+                elif (s, t) not in firsts:
+                    firsts[(s, t)] = (seq, at, payload)
+            yield row
+
+
+def _read(out: LedgerScan, rows: Iterable[tuple[Any, ...]], decisions: list[Ev]) -> Iterator[tuple[Any, ...]]:
+    """Index every stored row into `out` while handing it on (to the verifier, when it runs here)."""
     loads = orjson.loads  # canonical UTF-8 bytes; what orjson refuses goes to the stdlib below
     kept = {
         "gate.decided": decisions,
@@ -227,8 +252,6 @@ def _read(
         seq_of_hash[h] = seq
         if t in kept:
             kept[t].append(ev)
-        if raw is not None and payload is not None and t in RAW_TYPES:
-            raw[seq] = payload
         yield row
 
 
@@ -249,13 +272,20 @@ def verify_file(
     verifier: Verifier | None,
     origin: str | None,
     durable: bool = True,
+    capture: Captured | None = None,
 ) -> VerifyReport:
-    """Verify entries 1..last of the ledger at `path` on a connection of its own."""
+    """Verify entries 1..last of the ledger at `path` on a connection of its own; `capture`: keep what
+    the re-runs read on the way (every entry is read, even past the first problem)."""
     conn = store.connect(path, durable=durable, readonly=True)
     try:
-        return verify_rows(
-            rows_until(store.iter_rows(conn), last), checkpoints=checkpoints, verifier=verifier, origin=origin
-        )
+        rows = rows_until(store.iter_rows(conn), last)
+        if capture is None:
+            return verify_rows(rows, checkpoints=checkpoints, verifier=verifier, origin=origin)
+        reader = capture.rows(rows)
+        report = verify_rows(reader, checkpoints=checkpoints, verifier=verifier, origin=origin)
+        for _ in reader:  # verify stops at the first problem: the capture still reads everything
+            pass
+        return report
     finally:
         conn.close()
 
@@ -277,8 +307,8 @@ class ScanPoint(NamedTuple):
             ledger.path, ledger.durable, ledger.head().size, checkpoints, ledger.verifier(), ledger.origin
         )
 
-    def verify(self) -> VerifyReport:
-        """The verify of entries 1..last (on a connection of its own)."""
+    def verify(self, capture: Captured | None = None) -> VerifyReport:
+        """The verify of entries 1..last (on a connection of its own), capturing on the way if asked."""
         return verify_file(
             self.path,
             self.last,
@@ -286,28 +316,25 @@ class ScanPoint(NamedTuple):
             verifier=self.verifier,
             origin=self.origin,
             durable=self.durable,
+            capture=capture,
         )
 
 
-def scan(
-    ledger: Ledger, *, verify: bool = True, point: ScanPoint | None = None, keep_raw: bool = False
-) -> LedgerScan:
+def scan(ledger: Ledger, *, verify: bool = True, point: ScanPoint | None = None) -> LedgerScan:
     """Read the whole chain once: verify it (every link, payload hash and checkpoint, recomputed) while
     indexing and folding it, and capture each decision's context as of the ledger head it recorded.
     The entries are 1..the head when the scan starts (or `point`'s), on a read-only connection of the
     scan's own. With `verify=False` nothing is verified while reading (`verified()` then verifies on
-    demand). `keep_raw`: keep the stored payloads of the RAW_TYPES entries (`raw`, by seq)."""
+    demand)."""
     point = point or ScanPoint.of(ledger)
     checkpoints, last, verifier, origin = point.checkpoints, point.last, point.verifier, point.origin
     out = LedgerScan(head=Head(0, bytes(32), 0), checkpoints=checkpoints)
     out._last = last
     out._verify_args = (point.path, point.durable, verifier, origin)
-    if keep_raw:
-        out.raw = {}
     decisions: list[Ev] = []
     conn = store.connect(point.path, durable=point.durable, readonly=True)
     try:
-        reader = _read(out, rows_until(store.iter_rows(conn), last), decisions, out.raw)
+        reader = _read(out, rows_until(store.iter_rows(conn), last), decisions)
         if verify:
             out.verify = verify_rows(reader, checkpoints=checkpoints, verifier=verifier, origin=origin)
         for _ in reader:  # verify stops at the first problem: the audit still reads everything

@@ -90,7 +90,7 @@ class TestForked:
         real_job = rerun._rerun_job
 
         def job(*args: Any) -> list[dict[str, Any]]:
-            out = real_job(args[0], args[1], args[2], lambda: True)
+            out = real_job(args[0], args[1], lambda: True)
             done.append(len(out))
             return out
 

@@ -18,7 +18,15 @@ import gate
 from gate import RULES, ChainContext, Constitution, ContextError, Gate, Rule, RuleSetError, evaluate, rule
 from gate.subject import Subject
 from schemas.events import Finding, GateDecided, Verdict
-from tests.gate.gate_builders import NOW, context, findings, virtual_constitution, virtual_request
+from tests.gate.gate_builders import (
+    NOW,
+    chain_of,
+    context,
+    delegate,
+    findings,
+    virtual_constitution,
+    virtual_request,
+)
 
 GATE_DIR = Path(gate.__file__).parent
 ALL_IDS = [
@@ -274,3 +282,47 @@ def test_ruleset_hash_is_sha256_of_canonical_constitution() -> None:
     document = {"rules_version": gate.RULES_VERSION, **rules.model_dump(mode="json")}
     assert rules.ruleset_hash == "sha256:" + hashlib.sha256(rfc8785.dumps(document)).hexdigest()
     assert findings(evaluate(virtual_request(), context(), NOW, virtual_constitution()), "ATT-02")
+
+
+def _variants() -> list[tuple[str, list[dict[str, Any]]]]:
+    """Chains (root first) whose last request is valid JSON-wise but breaks rules, or none."""
+    base = virtual_request()
+    requester = json.loads(json.dumps(base))
+    requester["original_task"]["requester"] = "someone else"
+    self_delegation = json.loads(json.dumps(base))
+    self_delegation["delegation_context"]["delegator"] = self_delegation["delegation_context"]["delegated_to"]
+    expired = json.loads(json.dumps(base))
+    expired["delegation_context"]["expires_at"] = "2025-10-01T08:06:00Z"  # before NOW: TIME-03
+    chain = chain_of(base, ["tester", "reviewer"])
+    back = delegate(chain[-1], "backend_specialist")  # hands work back up the chain: CYC-01
+    impostor = delegate(chain[-1], "documenter", delegator="project_manager")  # not the parent's delegate
+    return [
+        ("fixture", [base]),
+        ("requester", [requester]),
+        ("self_delegation", [self_delegation]),
+        ("expired", [expired]),
+        ("chain", chain),
+        ("cycle", [*chain, back]),
+        ("impostor", [*chain, impostor]),
+    ]
+
+
+@pytest.mark.parametrize(("name", "chain"), _variants(), ids=[n for n, _ in _variants()])
+def test_a_validated_request_is_judged_as_its_raw_form(name: str, chain: list[dict[str, Any]]) -> None:
+    """gate.evaluate of a SpawnRequest validated from a raw request gives that raw request's verdict
+    (an audit re-run hands it the models it validated once), refusals included."""
+    from pydantic import ValidationError
+
+    from schemas.requests import SpawnRequest
+    from tests.gate.gate_builders import hops
+
+    rules = virtual_constitution()
+    ctx = context(hops(chain[:-1]))
+    raw = chain[-1]
+    try:
+        model = SpawnRequest.model_validate(raw)
+    except ValidationError:
+        pytest.fail(f"variant {name} should be a valid request")
+    assert evaluate(model, ctx, NOW, rules) == evaluate(raw, ctx, NOW, rules)
+    if name in ("requester", "self_delegation", "expired", "cycle", "impostor"):
+        assert evaluate(model, ctx, NOW, rules).decision == "rejected"
