@@ -1,6 +1,6 @@
 """The audit's work on the second core, in a forked child: the verify, and a share of the re-runs.
 
-The child (`rerun.Helper`) is forked at the start of the audit, before the scan, while the process
+The child (`helper.Helper`) is forked at the start of the audit, before the scan, while the process
 holds little: a fork is not free for the parent, every page it writes afterwards that the child
 still shares is copied (a page fault of a few microseconds), and forked after the fold that cost
 about 25 ms. The child verifies the chain on a read of its own while the audit reads, decodes and

@@ -17,8 +17,9 @@ from typing import Any
 import gate
 from engine.audit import findings as fnd
 from engine.audit.canonical import number, report_bytes
+from engine.audit.helper import Helper, Reruns
 from engine.audit.hops import hop_node
-from engine.audit.rerun import Helper, Requests, Rerunner, Rulebook
+from engine.audit.rerun import Requests, Rerunner, Rulebook
 from engine.audit.scan import LedgerScan, ScanPoint, iso_us, scan
 from ledger import Ledger
 from ledger.checkpoint import parse_checkpoint_body
@@ -225,7 +226,7 @@ def _build_report(
         found: list[dict[str, Any]] = []
         hops: list[dict[str, Any]] = []
         ancestors: dict[str, list[str]] = {}
-        reruns = rerunner.start([s for s in streams if sc.in_window(s, window)], helper)  # a share to it
+        reruns = Reruns(rerunner, [s for s in streams if sc.in_window(s, window)], helper)  # a share to it
         for s in streams:
             ancestors[s] = lineage(sc, s)
             hops.append(hop_node(sc, requests, s, ancestors[s], window))

@@ -9,7 +9,6 @@ and re-hashed) and once under the rules in force now.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,10 +16,8 @@ from typing import Any
 from pydantic import ValidationError
 
 import gate
-from engine.audit.forked import Child
-from engine.audit.scan import AncestorAt, Captured, ContextAt, Ev, LedgerScan, ScanPoint, decode_payload
-from ledger import VerifyReport
-from ledger.entry import Head, us_to_datetime
+from engine.audit.scan import AncestorAt, ContextAt, Ev, LedgerScan
+from ledger.entry import us_to_datetime
 from schemas.base import parse_rfc3339
 from schemas.requests import SpawnRequest
 
@@ -143,150 +140,6 @@ def _unavailable(notes: list[str], context: dict[str, Any] | None) -> dict[str, 
     }
 
 
-#: below this many entries in the ledger no helper child is forked: its fork and answer cost more
-FORK_MIN_ENTRIES = 2000
-#: below this many decisions none is handed to the helper (it only verifies)
-FORK_MIN_RERUNS = 200
-#: the share of the re-runs handed to the helper (this process builds every hop of the tree meanwhile,
-#: re-runs the others, then takes back what the helper has not done)
-CHILD_SHARE = 0.8
-#: room for the helper's input (streams and contexts, pickled); memory is only made as used
-INBOX_BYTES = 1 << 30
-
-
-class Helper:
-    """A child forked before the scan (see forked.py), while this process holds little: it verifies
-    the chain on a read of its own while this process reads, decodes and folds it, keeping on the way
-    the entries re-runs read (`Captured`), which it decodes and validates while the scan goes on; then
-    it re-runs the decisions it is handed (their streams and rebuilt contexts: small) while this
-    process builds the tree. It answers (the verify report, the re-runs); whatever it fails to answer
-    is done here."""
-
-    def __init__(self, child: Child) -> None:
-        self.child = child
-
-    @classmethod
-    def start(cls, point: ScanPoint, current: gate.Constitution, source: str | None) -> Helper | None:
-        """A helper for the scan of `point` (None when no child can be forked here, or the ledger is
-        small: the scan then verifies, and every re-run is done in this process)."""
-        if point.last < FORK_MIN_ENTRIES:
-            return None
-
-        def work(
-            receive: Callable[[], Any], hurried: Callable[[], bool]
-        ) -> tuple[VerifyReport, list[dict[str, Any]] | None]:
-            captured = Captured()
-            verify = point.verify(captured)
-            prepared = _prepare(captured, current, source)  # while this process still scans
-            job = receive()
-            return verify, None if job is None else _rerun_job(job, prepared, hurried)
-
-        child = Child.start(work, allowance_s=10.0 + 0.002 * point.last, inbox=INBOX_BYTES)
-        return None if child is None else cls(child)
-
-    def send(self, scan: LedgerScan, streams: list[str]) -> bool:
-        """Hand the helper the re-runs of `streams` (none: it answers its verify alone); False when it
-        cannot take them (they are then re-run here)."""
-        if not streams:
-            self.child.send(None)
-            return False
-        return self.child.send(_job(scan, streams))
-
-    def result(self) -> tuple[VerifyReport | None, list[dict[str, Any]] | None]:
-        """(its verify report, the re-runs it did: the first ones of those it was sent, maybe not all;
-        None for what it failed to answer). It is told to hurry: it stops after its current batch."""
-        self.child.hurry()
-        answer = self.child.result()
-        if not isinstance(answer, tuple) or len(answer) != 2:
-            return None, None
-        verify, reruns = answer
-        return (verify if isinstance(verify, VerifyReport) else None), (
-            reruns if isinstance(reruns, list) else None
-        )
-
-    def close(self) -> None:
-        """Give up on the helper (kill and reap it), e.g. when the audit fails meanwhile."""
-        self.child.close()
-
-
-def _job(scan: LedgerScan, streams: list[str]) -> tuple[Any, ...]:
-    """What the helper needs besides what it read itself to re-run `streams`: their contexts as the
-    fold rebuilt them, in plain values."""
-    contexts: dict[str, tuple[Any, ...]] = {}
-    for s in streams:
-        ctx = scan.contexts.get(s)
-        if ctx is not None:
-            parents = tuple(
-                (a.session_id, a.revoked, a.max_tokens, a.max_cost_usd, a.subtree_tokens, a.subtree_cost_usd)
-                for a in ctx.parents
-            )
-            contexts[s] = (ctx.head_seq, parents, tuple(ctx.revoked), ctx.broken_ancestry)
-    return streams, contexts
-
-
-#: the helper looks whether it is hurried after each batch of this many re-runs (some milliseconds)
-HURRY_BATCH = 25
-
-
-def _prepare(captured: Captured, current: gate.Constitution, source: str | None) -> Rerunner:
-    """In the helper, before its input comes: a re-runner over what it read (payloads decoded as the
-    scan decodes them, every request validated once), lacking only the contexts."""
-    sub = LedgerScan(head=Head(0, bytes(32), 0))
-    for (s, t), (seq, at, payload) in captured.firsts.items():
-        sub.firsts[(s, t)] = Ev(seq, s, t, at, b"", decode_payload(payload, t)[0])
-    for seq, stream, at, payload in captured.constitutions:
-        t = "constitution.loaded"
-        sub.constitutions.append(Ev(seq, stream, t, at, b"", decode_payload(payload, t)[0]))
-    requests = Requests(sub)
-    for s, t in captured.firsts:
-        if t == "delegation.requested":
-            requests.model(s)
-    return Rerunner(sub, requests, Rulebook.from_scan(sub, current, source))
-
-
-def _rerun_job(job: tuple[Any, ...], rerunner: Rerunner, hurried: Callable[[], bool]) -> list[dict[str, Any]]:
-    """In the helper: the re-runs of a `_job` with the `_prepare`d re-runner, in order, until done or
-    hurried (then the first ones only)."""
-    streams, contexts = job
-    for s, (head_seq, parents, revoked, broken) in contexts.items():
-        rerunner.scan.contexts[s] = ContextAt(
-            head_seq, tuple(AncestorAt(*a) for a in parents), frozenset(revoked), broken
-        )
-    done: list[dict[str, Any]] = []
-    for i in range(0, len(streams), HURRY_BATCH):
-        if i and hurried():
-            break
-        done += [rerunner.rerun(s) for s in streams[i : i + HURRY_BATCH]]
-    return done
-
-
-class Reruns:
-    """Re-runs under way: a share handed to the helper (if any), the rest done here on demand."""
-
-    def __init__(self, rerunner: Rerunner, streams: list[str], helper: Helper | None = None) -> None:
-        self.rerunner = rerunner
-        self.helper = helper
-        cut = int(len(streams) * CHILD_SHARE) if helper is not None and len(streams) >= FORK_MIN_RERUNS else 0
-        self.theirs, self.ours = streams[:cut], streams[cut:]
-        if helper is not None and not helper.send(rerunner.scan, self.theirs):
-            self.theirs, self.ours = [], streams
-
-    def result(self) -> dict[str, dict[str, Any]]:
-        """Every stream's re-run (the helper's share re-run here if it failed); the helper's verify
-        report becomes the scan's (else the scan verifies when asked)."""
-        rerun = self.rerunner.rerun
-        done = {s: rerun(s) for s in self.ours}
-        if self.helper is not None:
-            verify, answer = self.helper.result()
-            if verify is not None and self.rerunner.scan.verify is None:
-                self.rerunner.scan.verify = verify
-            if self.theirs:
-                answer = (answer or [])[: len(self.theirs)]  # the first ones, as many as it did
-                answer += [rerun(s) for s in self.theirs[len(answer) :]]
-                done.update(zip(self.theirs, answer, strict=True))
-        return done
-
-
 class Rerunner:
     """Re-runs decisions; hops of the same parent state are built once (their compiled views cached)."""
 
@@ -297,10 +150,6 @@ class Rerunner:
         self._hops: dict[tuple[str, bool, int | None, float | None], gate.Hop] = {}
         self._directories: dict[tuple[Any, ...], gate.DirectoryFacts] = {}
         self._catalogues: dict[tuple[Any, ...], frozenset[str]] = {}
-
-    def start(self, streams: list[str], helper: Helper | None = None) -> Reruns:
-        """Re-run the decisions of `streams`: a share handed now to the helper when there are many."""
-        return Reruns(self, streams, helper)
 
     def _hop(self, a: AncestorAt) -> gate.Hop | None:
         tokens = None if a.max_tokens is None else int(a.max_tokens) - a.subtree_tokens

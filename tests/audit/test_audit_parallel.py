@@ -14,7 +14,7 @@ import pytest
 from audit_support import TASK, Chain
 
 import gate
-from engine.audit import build_report, forked, rerun
+from engine.audit import build_report, forked, helper
 from engine.audit import report as report_module
 from engine.audit.canonical import fast_canonical, number
 from engine.audit.hops import _coverage
@@ -31,8 +31,8 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     for any number of re-runs; returns one entry per child started."""
     monkeypatch.setenv("LEDGER_AUDIT_FORK", "1")
     monkeypatch.setattr(forked, "can_fork", lambda: True)
-    monkeypatch.setattr(rerun, "FORK_MIN_RERUNS", 1)
-    monkeypatch.setattr(rerun, "FORK_MIN_ENTRIES", 1)
+    monkeypatch.setattr(helper, "FORK_MIN_RERUNS", 1)
+    monkeypatch.setattr(helper, "FORK_MIN_ENTRIES", 1)
     kinds: list[str] = []
     real_start = forked.Child.start
 
@@ -84,26 +84,26 @@ class TestForked:
     ) -> None:
         """Told to hurry after every re-run, the helper answers the first of its share only; this
         process re-runs the others: the same bytes."""
-        monkeypatch.setattr(rerun, "HURRY_BATCH", 1)
-        monkeypatch.setattr(rerun, "CHILD_SHARE", 1.0)
+        monkeypatch.setattr(helper, "HURRY_BATCH", 1)
+        monkeypatch.setattr(helper, "CHILD_SHARE", 1.0)
         done: list[int] = []
-        real_job = rerun._rerun_job
+        real_job = helper._rerun_job
 
         def job(*args: Any) -> list[dict[str, Any]]:
             out = real_job(args[0], args[1], lambda: True)
             done.append(len(out))
             return out
 
-        monkeypatch.setattr(rerun, "_rerun_job", job)
-        real_result = rerun.Helper.result
+        monkeypatch.setattr(helper, "_rerun_job", job)
+        real_result = helper.Helper.result
         answered: list[int] = []
 
-        def result(self: rerun.Helper) -> Any:
+        def result(self: helper.Helper) -> Any:
             verify, reruns = real_result(self)
             answered.append(-1 if reruns is None else len(reruns))
             return verify, reruns
 
-        monkeypatch.setattr(rerun.Helper, "result", result)
+        monkeypatch.setattr(helper.Helper, "result", result)
         parallel = _audit(chain_keys.db, rules)
         assert started == ["helper"]
         assert answered == [1]  # one of the seven decisions: the rest were re-run here
@@ -112,15 +112,15 @@ class TestForked:
     def test_an_input_too_large_for_the_inbox_is_done_here(
         self, chain_keys: Chain, rules: gate.Constitution, started: list[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(rerun, "INBOX_BYTES", 16)
+        monkeypatch.setattr(helper, "INBOX_BYTES", 16)
         sent: list[bool] = []
-        real_send = rerun.Helper.send
+        real_send = helper.Helper.send
 
-        def send(self: rerun.Helper, *args: Any) -> bool:
+        def send(self: helper.Helper, *args: Any) -> bool:
             sent.append(real_send(self, *args))
             return sent[-1]
 
-        monkeypatch.setattr(rerun.Helper, "send", send)
+        monkeypatch.setattr(helper.Helper, "send", send)
         parallel = _audit(chain_keys.db, rules)
         assert started == ["helper"]
         assert sent == [False]
