@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import ssl
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
@@ -133,6 +135,13 @@ class EventStream:
         return await self.next()
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context for every client. httpx otherwise builds one per client, loading the CA bundle
+    (about 25 ms of CPU, on the spawn path), though OpenCode serves plain HTTP on loopback."""
+    return httpx.create_ssl_context()
+
+
 def _model_ref(model: str | Mapping[str, str] | None) -> dict[str, str] | None:
     if model is None or isinstance(model, Mapping):
         return dict(model) if model is not None else None
@@ -161,7 +170,9 @@ class OpenCodeClient:
         self.directory = directory
         self._timeout = timeout
         params = {"directory": directory} if directory is not None else None
-        self._http = httpx.AsyncClient(base_url=base_url, auth=auth, timeout=timeout, params=params)
+        self._http = httpx.AsyncClient(
+            base_url=base_url, auth=auth, timeout=timeout, params=params, verify=_tls()
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
