@@ -80,6 +80,7 @@ def serve(
     """Run the MCP server (stdio for a local client; streamable HTTP on loopback with a bearer token)."""
     from engine.runtime import Engine, configure_telemetry
     from engine.settings import EngineSettings
+    from engine.tokens import OPERATOR
     from gate import ConstitutionError
 
     if transport not in ("stdio", "http"):
@@ -109,7 +110,7 @@ def serve(
         try:
             if transport == "http":
                 main_token = token or secrets.token_urlsafe(32)
-                engine.tokens._by_token[main_token] = "operator"
+                engine.tokens.issue(OPERATOR, token=main_token)
                 err.print(
                     f"MCP over streamable HTTP at {engine.agent_mcp_url} (Authorization: Bearer "
                     f"{'<given token>' if token else main_token})"

@@ -23,8 +23,8 @@ class AgentSpec:
     model: str | None
     permission: dict[str, Any]
     system: str | None = None
+    #: our MCP server for the agent, reached with a token of its own (issued by the backend)
     mcp_url: str | None = None
-    mcp_token: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
 

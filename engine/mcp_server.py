@@ -1,7 +1,9 @@
 """The MCP server (FastMCP): ct_dev's nine tools with their flat arguments, plus our own.
 
 Tools are thin: they parse, call the DelegationService, and render. The caller is identified by
-its bearer token (sub-agents over HTTP); over stdio or in memory the caller is the main agent.
+its bearer token (sub-agents over HTTP); over stdio or in memory the caller is the main agent. A
+token that is not bound to a session yet (a warm pool's server, see ``engine/tokens.py``) gets
+through MCP's handshake but no tool call.
 A gate refusal is a tool error whose text names every violated rule. Spawn requests that do not
 even match the tool's argument schema are still judged and recorded (SCH-01/SCH-02) by the
 middleware below, so the client sees the same rule and field the ledger holds.
@@ -23,7 +25,7 @@ from pydantic import Field, ValidationError
 
 from engine.refusals import DelegationError
 from engine.service import DelegationService
-from engine.tokens import SessionTokens, SessionTokenVerifier
+from engine.tokens import OWNER_CLAIM, SessionTokens, SessionTokenVerifier
 from schemas.events import LIVE_STATUSES
 
 Str = Annotated[str, Field(min_length=1)]
@@ -45,8 +47,22 @@ _SPAWN_KEYS = (
 
 
 def caller() -> str | None:
+    """The owner of the request's token (None: no token, the main agent over stdio or in memory)."""
     token = get_access_token()
-    return None if token is None else token.client_id
+    if token is None:
+        return None
+    owner = token.claims.get(OWNER_CLAIM)
+    if owner is None:
+        raise ToolError("this token is not bound to a session yet: no tool can be called with it")
+    return str(owner)
+
+
+class BoundTokensOnly(Middleware):
+    """Every tool call needs a caller: a bound token, or none at all (stdio, in memory)."""
+
+    async def on_call_tool(self, context: MiddlewareContext, call_next: Any) -> Any:
+        caller()
+        return await call_next(context)
 
 
 def _spawn_args(args: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +113,7 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
             "and the ledger records everything."
         ),
         auth=auth,
-        middleware=[RecordMalformedSpawns(service)],
+        middleware=[BoundTokensOnly(), RecordMalformedSpawns(service)],
     )
 
     async def _spawn(args: dict[str, Any]) -> dict[str, Any]:

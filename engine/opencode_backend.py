@@ -10,7 +10,12 @@ that the MCP entry then goes into the start config, which saves a round trip):
 * the permission rules derived from the delegation: on the session (``POST /session``
   ``permission``), where OpenCode enforces them (``deny`` hides the tool; ``ask`` is answered by
   the engine's policy);
-* our MCP server with the agent's own bearer token: ``POST /mcp`` in that directory.
+* our MCP server with the agent's own bearer token: ``POST /mcp`` in that directory. A pooled
+  server usually has it already: its warm-up connects it (OpenCode's MCP handshake and tool
+  listing cost it about 0.2 CPU-s) in the directory it warms up in, with a token minted for it
+  that belongs to nobody yet and is bound to the agent's session when the server is taken
+  (``engine/tokens.py``). A server taken for another directory is connected there at take time
+  with a new token, and its minted one is dropped.
 
 The event stream is opened before the first prompt so nothing is missed (``opencode_events.py``
 maps it to the engine's events). Server credentials are kept in a 0600 file under the engine's
@@ -26,6 +31,7 @@ import json
 import os
 import secrets
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +43,22 @@ from engine.opencode_events import EventMapper
 from engine.opencode_pool import OpenCodePool
 from engine.opencode_runner import OpenCodeService
 from engine.opencode_warmup import WARMUP_PROVIDER, WarmupResponder, warm_up
+from engine.tokens import SessionTokens
 
 MCP_NAME = "ledger"
 
 
 #: how many agents' origins (pool or cold) `OpenCodeBackend.origins` keeps
 ORIGINS_KEPT = 1000
+
+
+@dataclass(frozen=True)
+class PreConnected:
+    """A pooled server's MCP connection to us, made during its warm-up, with a token nobody owns yet."""
+
+    directory: str
+    url: str
+    token: str
 
 
 class OpenCodeAgent:
@@ -122,7 +138,9 @@ class OpenCodeBackend:
         stop_grace: float = 3.0,
         pool_size: int = 0,
         pool_warmup: bool = True,
+        tokens: SessionTokens | None = None,
     ) -> None:
+        """``tokens``: the registry our MCP server checks; agents get their tokens from it."""
         self.state_root = Path(state_root)
         self.model_base_url = model_base_url
         self.provider = provider
@@ -139,6 +157,10 @@ class OpenCodeBackend:
         self._pool_ids = itertools.count()
         self._pool_run = secrets.token_hex(4)
         self.pool = OpenCodePool(pool_size, self._pooled_service, self._warm if self._warmup else None)
+        self.tokens = tokens
+        #: our MCP server's URL for pooled servers to connect to while they warm up (``start_pool``)
+        self.mcp_url: str | None = None
+        self._preconnected: dict[OpenCodeService, PreConnected] = {}
         #: how each recent agent's server came: "pool" or "cold" (by session id, the newest
         #: ORIGINS_KEPT), for tests and statistics
         self.origins: dict[str, str] = {}
@@ -169,8 +191,10 @@ class OpenCodeBackend:
         )
 
     # -- the pool ---------------------------------------------------------------------------------
-    def start_pool(self, hint: str | None = None) -> None:
-        """Begin filling the warm pool in the background (``hint``: the project expected next)."""
+    def start_pool(self, hint: str | None = None, mcp_url: str | None = None) -> None:
+        """Begin filling the warm pool in the background (``hint``: the project expected next;
+        ``mcp_url``: our MCP server, connected during each warm-up when there is a token registry)."""
+        self.mcp_url = mcp_url
         if self.pool.size == 0:
             return
         if self._warmup is not None and not self._warmup.running:
@@ -184,21 +208,35 @@ class OpenCodeBackend:
         return self._service(workdir, state_dir, self._config(warmup=True))
 
     async def _warm(self, service: OpenCodeService, directory: str | None) -> None:
+        """Connect our MCP server (before the exchange, so that it warms up the agent's tool set too),
+        then the throwaway exchange; both in the directory the pool expects next."""
         where = directory if directory and os.path.isdir(directory) else None
         info = service.info
         async with OpenCodeClient(info.url, info.password, directory=where) as client:
+            if where is not None and self.mcp_url is not None and self.tokens is not None:
+                token = self.tokens.mint()
+                try:
+                    await _connect_mcp(client, self.mcp_url, token)
+                except BaseException:
+                    self.tokens.discard(token)
+                    raise
+                self._preconnected[service] = PreConnected(where, self.mcp_url, token)
             await warm_up(client)
 
     # -- agents ------------------------------------------------------------------------------------
     async def start(self, spec: AgentSpec) -> OpenCodeAgent:
+        if spec.mcp_url and self.tokens is None:
+            raise OpenCodeError("an agent with an MCP url needs the backend's token registry")
         state_dir = self.state_root / spec.session_id
         service = await self.pool.take(spec.project_directory) if self.pool.size > 0 else None
         self.origins[spec.session_id] = "pool" if service is not None else "cold"
         if len(self.origins) > ORIGINS_KEPT:  # bounded: a long-running server spawns without end
             del self.origins[next(iter(self.origins))]
+        # bound to the agent's session before anything runs; None when there is nothing to connect
+        token = self._token(spec, service)
         pooled = service is not None
         if service is None:  # cold: the MCP entry goes into the start config (no round trip later)
-            mcp = {MCP_NAME: remote_mcp(spec.mcp_url, spec.mcp_token)} if spec.mcp_url else None
+            mcp = {MCP_NAME: remote_mcp(spec.mcp_url, token)} if spec.mcp_url else None
             service = self._service(spec.project_directory, state_dir, self._config(mcp=mcp))
             await service.start()
         agent: OpenCodeAgent | None = None
@@ -212,7 +250,9 @@ class OpenCodeBackend:
                     spec.title, metadata=spec.metadata, permission=session_permission_rules(spec.permission)
                 ),
                 agent.open_events(),
-                self._connect_mcp(client, spec) if pooled else asyncio.sleep(0),
+                _connect_mcp(client, spec.mcp_url, token)
+                if pooled and spec.mcp_url and token
+                else asyncio.sleep(0),
             )
             agent.opencode_session_id = session["id"]
             _write_private(
@@ -234,15 +274,32 @@ class OpenCodeBackend:
             raise
         return agent
 
-    @staticmethod
-    async def _connect_mcp(client: OpenCodeClient, spec: AgentSpec) -> None:
-        """Our MCP server, with this agent's own bearer token, in the agent's directory only."""
-        if not spec.mcp_url:
-            return
-        status = await client.add_mcp(MCP_NAME, remote_mcp(spec.mcp_url, spec.mcp_token))
-        state = status.get(MCP_NAME) or {}
-        if state.get("status") != "connected":
-            raise OpenCodeError(f"the agent's OpenCode could not connect to our MCP server: {state}")
+    def _token(self, spec: AgentSpec, service: OpenCodeService | None) -> str | None:
+        """The agent's MCP token, bound to its session; None when ``service`` (a pooled server) is
+        connected to our MCP server in the agent's directory already (its minted token is bound
+        then) or when the agent gets no MCP server."""
+        ready = self._preconnected.pop(service, None) if service is not None else None
+        for stale in [s for s in self._preconnected if s not in self.pool.services()]:
+            self._forget(stale)  # pooled servers that died or were stopped
+        if not spec.mcp_url or self.tokens is None:
+            if ready is not None:
+                self._discard(ready)
+            return None
+        if ready is not None and (ready.directory, ready.url) == (spec.project_directory, spec.mcp_url):
+            self.tokens.bind(ready.token, spec.session_id)
+            return None
+        if ready is not None:
+            self._discard(ready)
+        return self.tokens.issue(spec.session_id)
+
+    def _forget(self, service: OpenCodeService) -> None:
+        ready = self._preconnected.pop(service, None)
+        if ready is not None:
+            self._discard(ready)
+
+    def _discard(self, ready: PreConnected) -> None:
+        if self.tokens is not None:
+            self.tokens.discard(ready.token)
 
     async def attach(
         self, server_url: str, opencode_session_id: str, pid: int | None, session_id: str
@@ -307,11 +364,21 @@ class OpenCodeBackend:
 
     async def close(self) -> None:
         await self.pool.close()
+        for service in list(self._preconnected):
+            self._forget(service)
         if self._warmup is not None:
             self._warmup.stop()
         if self._discovery is not None:
             await self._discovery.stop(abort_sessions=False)
             self._discovery = None
+
+
+async def _connect_mcp(client: OpenCodeClient, url: str, token: str) -> None:
+    """Our MCP server, with a bearer token, in the client's directory only."""
+    status = await client.add_mcp(MCP_NAME, remote_mcp(url, token))
+    state = status.get(MCP_NAME) or {}
+    if state.get("status") != "connected":
+        raise OpenCodeError(f"the agent's OpenCode could not connect to our MCP server: {state}")
 
 
 def _write_private(path: Path, data: dict[str, Any]) -> None:

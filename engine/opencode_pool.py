@@ -9,8 +9,8 @@ Rules:
 
 * single use: a taken server belongs to one agent and is stopped when that agent ends; it is
   never handed out twice. Nothing agent-specific is in a pooled server's config: the agent's
-  project directory, permission rules and MCP connection (with its bearer token) are applied
-  after it is taken (``engine/opencode_backend.py``);
+  project directory and permission rules are applied after it is taken, and the MCP connection
+  its warm-up made gets its owner then (``engine/opencode_backend.py``);
 * the pool refills in the background after each take, one server at a time, once no spawn
   happened for ``refill_delay`` seconds and the CPU is not saturated (at most ``max_defer`` later):
   a burst of spawns gets the CPU for its agents' first turns instead of sharing it with refills.

@@ -66,6 +66,7 @@ class Engine:
             stop_grace=s.stop_grace_s,
             pool_size=s.pool_size,
             pool_warmup=s.pool_warmup,
+            tokens=self.tokens,
         )
         self.service = DelegationService(self.ledger, s, backend, constitution, tokens=self.tokens)
         self.mcp = build_server(self.service)
@@ -84,7 +85,7 @@ class Engine:
         self.agent_mcp_url = f"http://{s.agent_mcp_host}:{port}/mcp"
         self.service.agent_mcp_url = self.agent_mcp_url
         self.operator_token = secrets.token_urlsafe(32)
-        self.tokens._by_token[self.operator_token] = OPERATOR
+        self.tokens.issue(OPERATOR, token=self.operator_token)
         source = str(s.constitution_path) if s.constitution_path else None
         await self.service.record_constitution(source)
         self.recovery = await recover(self.ledger, backend)
@@ -93,7 +94,7 @@ class Engine:
         # off the critical path: the pool fills in the background, warming up in the one allowed
         # root when there is exactly one (later: in the project directory of the latest spawn)
         roots = tuple(constitution.allowed_roots or ())
-        backend.start_pool(roots[0] if len(roots) == 1 else None)
+        backend.start_pool(roots[0] if len(roots) == 1 else None, mcp_url=self.agent_mcp_url)
         return self
 
     async def stop(self) -> None:

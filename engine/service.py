@@ -221,7 +221,6 @@ class DelegationService:
         if dc.expires_at is not None:
             timeout = max(0.001, min(timeout, (dc.expires_at - self.clock()).total_seconds()))
         role = self.roles(req.project_directory).get(req.role)
-        token = self.tokens.issue(session_id)
         model = req.model if req.model and "/" in req.model else self.settings.model
         spec = AgentSpec(
             session_id=session_id,
@@ -233,7 +232,6 @@ class DelegationService:
             permission=policy.opencode_config(),
             system=role.prompt if role else None,
             mcp_url=self.agent_mcp_url,
-            mcp_token=token,
             metadata={"delegation_session": session_id, "task_id": req.task_id},
         )
         spawned = AgentSpawned(

@@ -262,6 +262,40 @@ class TestTokenBinding:
         assert requested["parent_session_id"] is None
         assert rules(verdict(led, sid)["violations"]) == {"ROLE-01"}
 
+    async def test_a_minted_token_opens_the_handshake_only_until_it_is_bound(
+        self, engine: Engine, two_hop: dict[str, Any], project: Path
+    ) -> None:
+        """A token minted for a pooled server (not bound yet) initializes and lists the tools, but
+        every tool call with it is refused and nothing is recorded; bound to a session, the same MCP
+        connection acts for that session, and the token cannot be bound again."""
+        assert engine.agent_mcp_url is not None
+        assert engine.ledger is not None
+        led = engine.ledger
+        child = two_hop["child"]
+        token = engine.tokens.mint()
+        requested = len(events(led, types=["delegation.requested"]))
+        try:
+            async with Client(engine.agent_mcp_url, auth=token) as c:
+                assert "spawn_agent" in {t.name for t in await c.list_tools()}
+                for name, args in [
+                    ("spawn_agent", root_request(project, "researcher", "research before being bound")),
+                    ("list_active_sessions", {}),
+                    ("query_session", {"session_id": child}),
+                ]:
+                    with pytest.raises(ToolError, match="not bound"):
+                        await c.call_tool(name, args)
+                assert len(events(led, types=["delegation.requested"])) == requested
+                engine.tokens.bind(token, child)
+                own = (await c.call_tool("query_session", {"session_id": child})).data
+                assert own["session_id"] == child
+                with pytest.raises(ToolError, match="own delegations"):
+                    await c.call_tool("query_session", {"session_id": two_hop["root"]})
+                with pytest.raises(ValueError):
+                    engine.tokens.bind(token, two_hop["root"])
+        finally:
+            engine.tokens.revoke(child)
+        assert engine.tokens.lookup(token) == (False, None)
+
 
 @integration
 @module_loop

@@ -160,14 +160,22 @@ class TestPool:
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("where", ["warmed", "elsewhere"])
 async def test_a_pooled_agent_works_in_its_project_with_its_token(
-    tmp_path: Path, scripted_model: ScriptedModel, marker: str
+    tmp_path: Path, scripted_model: ScriptedModel, marker: str, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     """Through the engine: a pooled agent's relative `write` lands in its project (not the pooled
     server's own folder), it reaches our MCP server with its own token (its nested spawn_agent call
-    is recorded with the agent's session as caller and parent), and its server is gone afterwards."""
+    is recorded with the agent's session as caller and parent), and its server is gone afterwards.
+
+    The pooled server connected to our MCP server during its warm-up, in the directory it warmed up
+    in, with a token that belonged to nobody: taken for that directory, the token is bound to the
+    agent's session (once); taken for another one ("elsewhere"), it is dropped, and the agent gets
+    a new token and an MCP connection in its own directory."""
     project = tmp_path / "project"
-    root = root_request(project, "backend_specialist", f"{marker} write notes and delegate the tests")
+    directory = project if where == "warmed" else project / "elsewhere"
+    directory.mkdir(parents=True)
+    root = root_request(directory, "backend_specialist", f"{marker} write notes and delegate the tests")
     child = child_request(root, "tester", "test the notes")
     scripted_model.add(
         [
@@ -180,6 +188,17 @@ async def test_a_pooled_agent_works_in_its_project_with_its_token(
     async with running_engine(tmp_path, scripted_model, pool_size=1) as engine:
         backend = engine.service.backend  # type: ignore[union-attr]
         assert await backend.pool.wait_ready(timeout=120)
+        [ready] = backend._preconnected.values()  # connected while warming up, in the allowed root
+        assert ready.directory == str(project)
+        assert engine.tokens.lookup(ready.token) == (True, None)
+        binds: list[tuple[str, str]] = []
+        bind = engine.tokens.bind
+
+        def spy(token: str, owner: str) -> None:
+            binds.append((token, owner))
+            bind(token, owner)
+
+        monkeypatch.setattr(engine.tokens, "bind", spy)
         async with Client(engine.mcp) as c:
             sid = (await c.call_tool("spawn_agent", root)).data["session_id"]
             await c.call_tool("wait_for_agent", {"session_id": sid, "timeout_seconds": 90})
@@ -190,13 +209,15 @@ async def test_a_pooled_agent_works_in_its_project_with_its_token(
         st = led.session(sid)
         assert st is not None
         assert st.status == "completed", st
-        assert (project / "notes" / f"{marker}.txt").read_text() == "pooled\n"
+        assert (directory / "notes" / f"{marker}.txt").read_text() == "pooled\n"
         assert not list((tmp_path / "agents" / "_pool").glob(f"*/work/notes/{marker}.txt"))
         child_sid = await wait_spawned(led, "tester", 5, parent=sid)
         assert first(led, child_sid, "delegation.requested")["caller"] == sid
         assert led.session(child_sid).status == "completed"  # type: ignore[union-attr]
         pid = first(led, sid, "agent.spawned")["pid"]
         await wait_until(lambda: not process_alive(pid), 10, "the agent's server to stop")
+        assert [o for t, o in binds if t == ready.token] == ([sid] if where == "warmed" else [])
+        assert engine.tokens.lookup(ready.token) == (False, None)  # revoked with its session, or dropped
 
 
 @pytest.mark.asyncio
