@@ -14,6 +14,10 @@ all its descendants (SIGTERM, then SIGKILL after GRACE seconds) when
 
 When COMMAND exits by itself, its leftovers are killed and the watchdog exits with COMMAND's
 status. So no process started for an agent can outlive the engine that started it.
+
+Signals (SIGTERM, SIGCHLD ...) wake it at once through a wakeup pipe, so a stop costs OpenCode's
+own exit and no polling interval; the parent check runs every 0.1 s, and /proc is scanned only
+once COMMAND is gone.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -109,8 +114,24 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def process_tree(root: int, pgid: int) -> set[int]:
+    """Live descendants of ``root`` and members of process group ``pgid``, the caller excluded, from
+    one read of /proc; empty off Linux."""
+    table = proc_table()
+    kids: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        kids.setdefault(parent, []).append(pid)
+    found = {pid for pid, (_, group) in table.items() if group == pgid}
+    todo = list(kids.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo.extend(kids.get(pid, ()))
+    return found - {os.getpid()}
+
+
 def _signal_all(sig: int) -> None:
-    targets = set(descendants(os.getpid())) | set(group_members(os.getpgrp()))
+    targets = process_tree(os.getpid(), os.getpgrp())
     if not targets and not os.path.isdir("/proc"):
         with contextlib.suppress(OSError):  # off Linux the group is all we can see
             os.killpg(os.getpgrp(), sig)
@@ -133,15 +154,23 @@ def _reap(child: subprocess.Popen[bytes]) -> None:
             child.returncode = os.waitstatus_to_exitcode(status)
 
 
-def _end_all(child: subprocess.Popen[bytes], grace: float) -> None:
+def _wait(wakeup: int, timeout: float) -> None:
+    """Sleep until a signal arrives (its handler wrote to the ``wakeup`` pipe) or ``timeout`` passes."""
+    if select.select([wakeup], [], [], max(0.0, timeout))[0]:
+        with contextlib.suppress(BlockingIOError):
+            os.read(wakeup, 512)
+
+
+def _end_all(child: subprocess.Popen[bytes], grace: float, wakeup: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _signal_all(signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline:
+    while (left := deadline - time.monotonic()) > 0:
         _reap(child)
+        # /proc is read only once COMMAND is gone; every exit of a child wakes us up (SIGCHLD)
         if child.returncode is not None and not descendants(os.getpid()):
             return
-        time.sleep(0.05)
+        _wait(wakeup, min(left, 0.05))
     _signal_all(signal.SIGKILL)
     _reap(child)
 
@@ -151,8 +180,13 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     parent, grace, command = int(argv[0]), float(argv[1]), argv[3:]
+    wakeup, wake = os.pipe()  # not inherited by COMMAND (PEP 446)
+    os.set_blocking(wakeup, False)
+    os.set_blocking(wake, False)
+    signal.set_wakeup_fd(wake)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, _request_stop)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes the loops below
     if os.getppid() != parent:
         return 3
     with contextlib.suppress(OSError, AttributeError):
@@ -160,9 +194,9 @@ def main(argv: list[str]) -> int:
     child = subprocess.Popen(command, stdin=subprocess.DEVNULL)
     while child.returncode is None:
         if _stop_requested or os.getppid() != parent:
-            _end_all(child, grace)
+            _end_all(child, grace, wakeup)
             return 0
-        time.sleep(0.1)
+        _wait(wakeup, 0.1)
         _reap(child)
     _signal_all(signal.SIGKILL)  # leftovers of a COMMAND that ended by itself
     _reap(child)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self
 
-from engine._watchdog import children, descendants, group_alive, group_members, process_alive
+from engine._watchdog import children, descendants, group_alive, process_alive, process_tree
 from engine.errors import OpenCodeError, OpenCodeStartError, OpenCodeTimeout
 from engine.opencode_client import OpenCodeClient
 from engine.opencode_config import OFFLINE_ENV
@@ -370,7 +370,7 @@ class OpenCodeService:
         if proc is None:
             return
         pgid = proc.pid
-        tree = set(descendants(pgid)) | set(group_members(pgid))
+        tree = process_tree(pgid, pgid)
         _signal_group(pgid, signal.SIGTERM)  # the watchdog then ends the tree, detached tool processes too
         if not await self._wait_gone(proc, tree, grace + 1.0):
             log.warning("opencode group %s still alive %.1fs after SIGTERM; sending SIGKILL", pgid, grace)
@@ -386,16 +386,16 @@ class OpenCodeService:
 
     @staticmethod
     async def _wait_gone(proc: subprocess.Popen[bytes], tree: set[int], timeout: float) -> bool:
-        """Wait until the watchdog is reaped and neither its group nor any process of ``tree`` lives."""
+        """Wait until the watchdog is reaped and neither its group nor any process of ``tree`` lives
+        (/proc is read once the watchdog is gone: it ends the others first)."""
         deadline = time.monotonic() + timeout
         while True:
-            proc.poll()
-            gone = proc.returncode is not None and not group_alive(proc.pid)
+            gone = proc.poll() is not None and not group_alive(proc.pid)
             if gone and not any(process_alive(pid) for pid in tree):
                 return True
             if time.monotonic() >= deadline:
                 return False
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.01)
 
     async def __aenter__(self) -> Self:
         return await self.start()
