@@ -10,14 +10,16 @@ that the MCP entry then goes into the start config, which saves a round trip):
 * the permission rules derived from the delegation: on the session (``POST /session``
   ``permission``), where OpenCode enforces them (``deny`` hides the tool; ``ask`` is answered by
   the engine's policy);
-* our MCP server with the agent's own bearer token: ``POST /mcp`` in that directory. A pooled
-  server usually has it already: its warm-up connects it (OpenCode's MCP handshake and tool
-  listing cost it about 0.2 CPU-s) in the directory it warms up in, with a token minted for it
-  that belongs to nobody yet and is bound to the agent's session when the server is taken
-  (``engine/tokens.py``). A server taken for another directory is connected there at take time
-  with a new token, and its minted one is dropped.
+* our MCP server with the agent's own bearer token: ``POST /mcp`` in that directory.
 
-The event stream is opened before the first prompt so nothing is missed (``opencode_events.py``
+A pooled server's warm-up readies the rest in the directory it warms up in (the one the pool
+expects next), off the spawn's path: it connects our MCP server (OpenCode's MCP handshake and tool
+listing cost it about 0.2 CPU-s) with a token minted for it that belongs to nobody yet and is bound
+to the agent's session when the server is taken (``engine/tokens.py``), and it opens the event
+stream (about 0.05 CPU-s in OpenCode) that the agent then reads. A server taken for another
+directory gets both there at take time, with a new token; its minted one is dropped.
+
+The event stream is open before the first prompt so nothing is missed (``opencode_events.py``
 maps it to the engine's events). Server credentials are kept in a 0600 file under the engine's
 state folder (never on the ledger) so that a restarted engine can re-attach.
 """
@@ -52,13 +54,17 @@ MCP_NAME = "ledger"
 ORIGINS_KEPT = 1000
 
 
-@dataclass(frozen=True)
-class PreConnected:
-    """A pooled server's MCP connection to us, made during its warm-up, with a token nobody owns yet."""
+@dataclass
+class Prepared:
+    """What a pooled server's warm-up readied in ``directory`` for the agent that takes it: an agent
+    without a session yet (a client there, its event stream open; no server of its own, so closing
+    it leaves the server running), and our MCP server at ``mcp_url`` connected with ``token``, which
+    belongs to nobody until then (both None: no MCP)."""
 
     directory: str
-    url: str
-    token: str
+    agent: OpenCodeAgent
+    mcp_url: str | None = None
+    token: str | None = None
 
 
 class OpenCodeAgent:
@@ -160,7 +166,7 @@ class OpenCodeBackend:
         self.tokens = tokens
         #: our MCP server's URL for pooled servers to connect to while they warm up (``start_pool``)
         self.mcp_url: str | None = None
-        self._preconnected: dict[OpenCodeService, PreConnected] = {}
+        self._prepared: dict[OpenCodeService, Prepared] = {}
         #: how each recent agent's server came: "pool" or "cold" (by session id, the newest
         #: ORIGINS_KEPT), for tests and statistics
         self.origins: dict[str, str] = {}
@@ -208,20 +214,34 @@ class OpenCodeBackend:
         return self._service(workdir, state_dir, self._config(warmup=True))
 
     async def _warm(self, service: OpenCodeService, directory: str | None) -> None:
-        """Connect our MCP server (before the exchange, so that it warms up the agent's tool set too),
-        then the throwaway exchange; both in the directory the pool expects next."""
-        where = directory if directory and os.path.isdir(directory) else None
+        """In the directory the pool expects next: our MCP server connected (before the exchange,
+        which then warms up the agent's tool set too), the throwaway exchange, then the agent's
+        event stream opened (after it: none of its events are queued)."""
         info = service.info
-        async with OpenCodeClient(info.url, info.password, directory=where) as client:
-            if where is not None and self.mcp_url is not None and self.tokens is not None:
-                token = self.tokens.mint()
-                try:
-                    await _connect_mcp(client, self.mcp_url, token)
-                except BaseException:
-                    self.tokens.discard(token)
-                    raise
-                self._preconnected[service] = PreConnected(where, self.mcp_url, token)
-            await warm_up(client)
+        if not (directory and os.path.isdir(directory)):
+            async with OpenCodeClient(info.url, info.password) as client:  # in its own folder: no agent's
+                await warm_up(client)
+            return
+        agent = OpenCodeAgent(
+            None, OpenCodeClient(info.url, info.password, directory=directory), "", None, info.pid, info.url
+        )
+        prepared = Prepared(directory, agent)
+        try:
+            if self.mcp_url is not None and self.tokens is not None:
+                prepared.mcp_url, prepared.token = self.mcp_url, self.tokens.mint()
+                await _connect_mcp(agent.client, self.mcp_url, prepared.token)
+            await warm_up(agent.client)
+            await agent.open_events()
+        except BaseException:
+            await self._release(prepared)
+            raise
+        self._prepared[service] = prepared
+
+    async def _release(self, prepared: Prepared) -> None:
+        """Drop what a warm-up readied (the server itself is the pool's or an agent's to stop)."""
+        if prepared.token is not None and self.tokens is not None:
+            self.tokens.discard(prepared.token)
+        await prepared.agent.close()
 
     # -- agents ------------------------------------------------------------------------------------
     async def start(self, spec: AgentSpec) -> OpenCodeAgent:
@@ -232,25 +252,36 @@ class OpenCodeBackend:
         self.origins[spec.session_id] = "pool" if service is not None else "cold"
         if len(self.origins) > ORIGINS_KEPT:  # bounded: a long-running server spawns without end
             del self.origins[next(iter(self.origins))]
-        # bound to the agent's session before anything runs; None when there is nothing to connect
-        token = self._token(spec, service)
-        pooled = service is not None
-        if service is None:  # cold: the MCP entry goes into the start config (no round trip later)
-            mcp = {MCP_NAME: remote_mcp(spec.mcp_url, token)} if spec.mcp_url else None
-            service = self._service(spec.project_directory, state_dir, self._config(mcp=mcp))
-            await service.start()
+        prepared = self._prepared.pop(service, None) if service is not None else None
         agent: OpenCodeAgent | None = None
         try:
+            for stale in [s for s in self._prepared if s not in self.pool.services()]:
+                await self._release(self._prepared.pop(stale))  # pooled servers that died or were stopped
+            if prepared is not None and prepared.directory != spec.project_directory:
+                await self._release(prepared)
+                prepared = None
+            # bound to the agent's session before anything runs; None: nothing (left) to connect
+            token = self._token(spec, prepared)
+            pooled = service is not None
+            if service is None:  # cold: the MCP entry goes into the start config (no round trip later)
+                mcp = {MCP_NAME: remote_mcp(spec.mcp_url, token)} if spec.mcp_url else None
+                service = self._service(spec.project_directory, state_dir, self._config(mcp=mcp))
+                await service.start()
             info = service.info
-            client = OpenCodeClient(info.url, info.password, directory=spec.project_directory)
-            agent = OpenCodeAgent(service, client, "", spec, info.pid, info.url)
-            # MCP, session and event stream at once: all must be ready before the prompt
+            opened = prepared is not None  # the warm-up's agent: its event stream is open already
+            if prepared is not None:
+                agent, prepared = prepared.agent, None
+                agent.service, agent.spec = service, spec
+            else:
+                client = OpenCodeClient(info.url, info.password, directory=spec.project_directory)
+                agent = OpenCodeAgent(service, client, "", spec, info.pid, info.url)
+            # session, event stream and MCP at once: all must be ready before the prompt
             session, _, _ = await asyncio.gather(
-                client.create_session(
+                agent.client.create_session(
                     spec.title, metadata=spec.metadata, permission=session_permission_rules(spec.permission)
                 ),
-                agent.open_events(),
-                _connect_mcp(client, spec.mcp_url, token)
+                asyncio.sleep(0) if opened else agent.open_events(),
+                _connect_mcp(agent.client, spec.mcp_url, token)
                 if pooled and spec.mcp_url and token
                 else asyncio.sleep(0),
             )
@@ -270,36 +301,27 @@ class OpenCodeBackend:
             if agent is not None:
                 await agent.close()  # closes the event stream and stops the server
             else:
-                await service.stop(abort_sessions=False)
+                if prepared is not None:
+                    await self._release(prepared)
+                if service is not None:
+                    await service.stop(abort_sessions=False)
             raise
         return agent
 
-    def _token(self, spec: AgentSpec, service: OpenCodeService | None) -> str | None:
-        """The agent's MCP token, bound to its session; None when ``service`` (a pooled server) is
-        connected to our MCP server in the agent's directory already (its minted token is bound
-        then) or when the agent gets no MCP server."""
-        ready = self._preconnected.pop(service, None) if service is not None else None
-        for stale in [s for s in self._preconnected if s not in self.pool.services()]:
-            self._forget(stale)  # pooled servers that died or were stopped
+    def _token(self, spec: AgentSpec, prepared: Prepared | None) -> str | None:
+        """The token to connect the agent's MCP server with, issued for its session. None when there
+        is nothing to connect: the agent gets no MCP server, or ``prepared`` connected it already
+        with a minted token, which is bound to the agent's session now (or dropped if unused)."""
+        if prepared is not None and prepared.token is not None:
+            assert self.tokens is not None  # it minted the token
+            minted, prepared.token = prepared.token, None
+            if spec.mcp_url == prepared.mcp_url:
+                self.tokens.bind(minted, spec.session_id)
+                return None
+            self.tokens.discard(minted)
         if not spec.mcp_url or self.tokens is None:
-            if ready is not None:
-                self._discard(ready)
             return None
-        if ready is not None and (ready.directory, ready.url) == (spec.project_directory, spec.mcp_url):
-            self.tokens.bind(ready.token, spec.session_id)
-            return None
-        if ready is not None:
-            self._discard(ready)
         return self.tokens.issue(spec.session_id)
-
-    def _forget(self, service: OpenCodeService) -> None:
-        ready = self._preconnected.pop(service, None)
-        if ready is not None:
-            self._discard(ready)
-
-    def _discard(self, ready: PreConnected) -> None:
-        if self.tokens is not None:
-            self.tokens.discard(ready.token)
 
     async def attach(
         self, server_url: str, opencode_session_id: str, pid: int | None, session_id: str
@@ -364,8 +386,8 @@ class OpenCodeBackend:
 
     async def close(self) -> None:
         await self.pool.close()
-        for service in list(self._preconnected):
-            self._forget(service)
+        prepared, self._prepared = list(self._prepared.values()), {}
+        await asyncio.gather(*(self._release(p) for p in prepared), return_exceptions=True)
         if self._warmup is not None:
             self._warmup.stop()
         if self._discovery is not None:

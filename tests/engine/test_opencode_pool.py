@@ -169,9 +169,10 @@ async def test_a_pooled_agent_works_in_its_project_with_its_token(
     is recorded with the agent's session as caller and parent), and its server is gone afterwards.
 
     The pooled server connected to our MCP server during its warm-up, in the directory it warmed up
-    in, with a token that belonged to nobody: taken for that directory, the token is bound to the
-    agent's session (once); taken for another one ("elsewhere"), it is dropped, and the agent gets
-    a new token and an MCP connection in its own directory."""
+    in, with a token that belonged to nobody, and opened its event stream there: taken for that
+    directory, the token is bound to the agent's session (once) and the stream is the agent's;
+    taken for another one ("elsewhere"), both are dropped, and the agent gets a new token, an MCP
+    connection and an event stream in its own directory."""
     project = tmp_path / "project"
     directory = project if where == "warmed" else project / "elsewhere"
     directory.mkdir(parents=True)
@@ -188,9 +189,11 @@ async def test_a_pooled_agent_works_in_its_project_with_its_token(
     async with running_engine(tmp_path, scripted_model, pool_size=1) as engine:
         backend = engine.service.backend  # type: ignore[union-attr]
         assert await backend.pool.wait_ready(timeout=120)
-        [ready] = backend._preconnected.values()  # connected while warming up, in the allowed root
+        [ready] = backend._prepared.values()  # connected while warming up, in the allowed root
         assert ready.directory == str(project)
-        assert engine.tokens.lookup(ready.token) == (True, None)
+        minted = ready.token
+        assert minted is not None
+        assert engine.tokens.lookup(minted) == (True, None)
         binds: list[tuple[str, str]] = []
         bind = engine.tokens.bind
 
@@ -216,8 +219,11 @@ async def test_a_pooled_agent_works_in_its_project_with_its_token(
         assert led.session(child_sid).status == "completed"  # type: ignore[union-attr]
         pid = first(led, sid, "agent.spawned")["pid"]
         await wait_until(lambda: not process_alive(pid), 10, "the agent's server to stop")
-        assert [o for t, o in binds if t == ready.token] == ([sid] if where == "warmed" else [])
-        assert engine.tokens.lookup(ready.token) == (False, None)  # revoked with its session, or dropped
+        assert [o for t, o in binds if t == minted] == ([sid] if where == "warmed" else [])
+        # the warm-up's client and open event stream became the agent's (or were dropped)
+        spawned = first(led, sid, "agent.spawned")["opencode_session_id"]
+        assert (ready.agent.opencode_session_id == spawned) == (where == "warmed")
+        assert engine.tokens.lookup(minted) == (False, None)  # revoked with its session, or dropped
 
 
 @pytest.mark.asyncio
