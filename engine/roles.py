@@ -7,6 +7,7 @@ the user's (`<user config>/roles`), any configured folders, and the project's
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -65,6 +66,12 @@ def parse_role(path: Path) -> Role:
     )
 
 
+@functools.lru_cache(maxsize=512)
+def _parsed(path: str, mtime_ns: int, size: int) -> Role:
+    """``parse_role``, once per version of the file (every spawn reads the catalogue, twice)."""
+    return parse_role(Path(path))
+
+
 def role_dirs(project_directory: str | None, extra: Iterable[Path] = ()) -> list[Path]:
     dirs = [BUILTIN, Path(platformdirs.user_config_dir(APP)) / "roles", *extra]
     if project_directory:
@@ -80,7 +87,8 @@ def load_catalogue(project_directory: str | None, extra: Iterable[Path] = ()) ->
             continue
         for path in sorted(d.glob("*.md")):
             try:
-                role = parse_role(path)
+                stat = path.stat()
+                role = _parsed(str(path), stat.st_mtime_ns, stat.st_size)
             except (OSError, ValueError, yaml.YAMLError):
                 continue
             roles[role.name] = role
