@@ -9,7 +9,8 @@
 - query_session_p50_ms: query_session over the in-memory MCP client.
 - concurrent_5_vs_serial: wall time of 5 delegations at once over 5 one after another, with a warm
   pool of --pool-size servers (said in the output's pool_size); the pool-off ratio is reported as
-  concurrent_5_vs_serial_cold.
+  concurrent_5_vs_serial_cold. The machine's busy CPU-seconds of both phases are reported beside
+  it: 5 delegations at once cannot take less than their CPU over the number of cores.
 Writes bench/results/engine.json. Not a test: figures are reported, never asserted.
 """
 
@@ -98,8 +99,21 @@ def settings_for(tmp: Path, project: Path, name: str, pool_size: int) -> EngineS
     )
 
 
-async def ratio(client: Client, engine: Engine, project: Path, markers: list[str]) -> tuple[float, float]:
-    """(serial s, concurrent s) of 5 delegations each; the pool is refilled before each phase."""
+def busy_cpu_s() -> float:
+    """CPU-seconds all cores of the machine have been busy so far (/proc/stat); 0.0 off Linux."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            ticks = [int(x) for x in f.readline().split()[1:8]]
+    except (OSError, ValueError):
+        return 0.0
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+async def ratio(
+    client: Client, engine: Engine, project: Path, markers: list[str]
+) -> tuple[float, float, float, float]:
+    """(serial s, concurrent s) of 5 delegations each, then the machine's busy CPU-seconds during
+    each of the two; the pool is refilled before each phase."""
 
     async def one(m: str) -> None:
         s = (await client.call_tool("spawn_agent", request(project, m))).data["session_id"]
@@ -107,14 +121,14 @@ async def ratio(client: Client, engine: Engine, project: Path, markers: list[str
 
     pool = engine.service.backend.pool  # type: ignore[union-attr]
     await pool.wait_ready(timeout=180)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), busy_cpu_s()
     for m in markers[:5]:
         await one(m)
-    serial = time.perf_counter() - t
+    serial, serial_cpu = time.perf_counter() - t, busy_cpu_s() - cpu
     await pool.wait_ready(timeout=180)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), busy_cpu_s()
     await asyncio.gather(*(one(m) for m in markers[5:10]))
-    return serial, time.perf_counter() - t
+    return serial, time.perf_counter() - t, serial_cpu, busy_cpu_s() - cpu
 
 
 async def main_async(rounds: int, pool_size: int, cold_ratio: bool) -> dict[str, Any]:
@@ -143,7 +157,7 @@ async def main_async(rounds: int, pool_size: int, cold_ratio: bool) -> dict[str,
                     ours.append(dt)
                     await client.call_tool("wait_for_agent", {"session_id": sid, "timeout_seconds": 60})
                 if cold_ratio:
-                    serial_cold, concurrent_cold = await ratio(
+                    serial_cold, concurrent_cold, _, _ = await ratio(
                         client, engine, project, [f"M{i}:" for i in range(100, 110)]
                     )
             # 2. warm spawns, queries and the concurrency ratio with the pool on
@@ -174,8 +188,10 @@ async def main_async(rounds: int, pool_size: int, cold_ratio: bool) -> dict[str,
                     t = time.perf_counter()
                     await client.call_tool("query_session", {"session_id": sid})
                     lat.append(time.perf_counter() - t)
-                serial, concurrent = await ratio(client, engine, project, [f"M{i}:" for i in range(40, 50)])
-                serial_slow, concurrent_slow = await ratio(
+                serial, concurrent, serial_cpu, concurrent_cpu = await ratio(
+                    client, engine, project, [f"M{i}:" for i in range(40, 50)]
+                )
+                serial_slow, concurrent_slow, _, _ = await ratio(
                     client, engine, project, [f"S{i}:" for i in range(10)]
                 )
                 r["pool"] = pool.statistics()
@@ -198,13 +214,20 @@ async def main_async(rounds: int, pool_size: int, cold_ratio: bool) -> dict[str,
             "concurrent phase; refills then run in the background during both. spawn_overhead_ms (the "
             "target) is the cold path (pool off): our spawn minus a raw OpenCode start + session, our "
             "overhead on the same work. A warm spawn skips the start, so it is compared with session "
-            "creation on a running server instead: warm_spawn_overhead_ms (includes POST /mcp)."
+            "creation on a running server instead: warm_spawn_overhead_ms (the pooled server's MCP "
+            "connection and event stream were opened during its warm-up, in the agent's directory). "
+            "*_machine_cpu_s: CPU-seconds the whole machine was busy during each phase (/proc/stat); "
+            "concurrent_5_cpu_floor_s = that over the number of cores, the least wall time the "
+            "concurrent phase can take."
         )
         r["query_session_p50_ms"] = round(median(lat) * 1000, 3)
         r["query_session_p99_ms"] = round(pctl(lat, 0.99) * 1000, 3)
         r["serial_5_s"] = round(serial, 2)
         r["concurrent_5_s"] = round(concurrent, 2)
         r["concurrent_5_vs_serial"] = round(concurrent / serial, 3)
+        r["serial_5_machine_cpu_s"] = round(serial_cpu, 2)
+        r["concurrent_5_machine_cpu_s"] = round(concurrent_cpu, 2)
+        r["concurrent_5_cpu_floor_s"] = round(concurrent_cpu / (os.cpu_count() or 1), 2)
         r["serial_5_with_3s_replies_s"] = round(serial_slow, 2)
         r["concurrent_5_with_3s_replies_s"] = round(concurrent_slow, 2)
         r["concurrent_5_vs_serial_with_3s_replies"] = round(concurrent_slow / serial_slow, 3)
