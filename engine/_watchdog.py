@@ -3,6 +3,7 @@
 Stdlib only: the engine runs it by path with ``python -I``, and imports its helpers.
 
 Usage: ``python _watchdog.py PARENT_PID GRACE -- COMMAND...``
+   or: ``python _watchdog.py PARENT_PID GRACE --adopt PID``
 
 Started in a new session, it leads a process group, runs COMMAND in it and becomes a Linux "child
 subreaper", so processes COMMAND starts in sessions of their own (OpenCode runs every bash tool
@@ -14,6 +15,11 @@ all its descendants (SIGTERM, then SIGKILL after GRACE seconds) when
 
 When COMMAND exits by itself, its leftovers are killed and the watchdog exits with COMMAND's
 status. So no process started for an agent can outlive the engine that started it.
+
+With ``--adopt PID`` it guards a server that outlived the engine that started it (and its first
+watchdog), for the engine that re-attached to it: on the same triggers it ends PID, PID's
+descendants and the members of PID's process group (SIGTERM, then SIGKILL after GRACE), and it
+exits when PID is gone.
 
 Signals (SIGTERM, SIGCHLD ...) wake it at once through a wakeup pipe, so a stop costs OpenCode's
 own exit and no polling interval; the parent check runs every 0.1 s, and /proc is scanned only
@@ -175,8 +181,41 @@ def _end_all(child: subprocess.Popen[bytes], grace: float, wakeup: int) -> None:
     _reap(child)
 
 
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def _end_adopted(pid: int, pgid: int | None, grace: float, wakeup: int) -> None:
+    """SIGTERM to ``pid``, its descendants and its group; SIGKILL to whatever is left after ``grace``."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 1.0)):
+        targets = process_tree(pid, pgid if pgid is not None else -1) | {pid}
+        for target in targets:
+            with contextlib.suppress(OSError):
+                os.kill(target, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not any(process_alive(target) for target in targets):
+                return
+            _wait(wakeup, 0.05)
+
+
+def adopt(parent: int, grace: float, pid: int, wakeup: int) -> int:
+    """Guard ``pid`` (not our child: polled) until it exits, or end it when told or orphaned."""
+    pgid = _pgid(pid)
+    while process_alive(pid):
+        if _stop_requested or os.getppid() != parent:
+            _end_adopted(pid, pgid, grace, wakeup)
+            return 0
+        _wait(wakeup, 0.1)
+    return 0
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) < 4 or argv[2] != "--":
+    adopting = len(argv) == 4 and argv[2] == "--adopt"
+    if len(argv) < 4 or (argv[2] != "--" and not adopting):
         print(__doc__, file=sys.stderr)
         return 2
     parent, grace, command = int(argv[0]), float(argv[1]), argv[3:]
@@ -189,6 +228,8 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # wakes the loops below
     if os.getppid() != parent:
         return 3
+    if adopting:
+        return adopt(parent, grace, int(command[0]), wakeup)
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     child = subprocess.Popen(command, stdin=subprocess.DEVNULL)

@@ -6,7 +6,7 @@ the engine knows OpenCode's wire format.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -87,7 +87,15 @@ class RunningAgent(Protocol):
 class AgentBackend(Protocol):
     async def start(self, spec: AgentSpec) -> RunningAgent: ...
     async def attach(
-        self, server_url: str, opencode_session_id: str, pid: int | None, session_id: str
+        self,
+        server_url: str,
+        opencode_session_id: str,
+        pid: int | None,
+        session_id: str,
+        *,
+        mcp_url: str | None = None,
+        recorded_calls: Iterable[str] = (),
+        recorded_messages: Iterable[str] = (),
     ) -> RunningAgent | None: ...
     async def agents(self, project_directory: str | None) -> list[dict[str, Any]]: ...
     async def providers(self) -> dict[str, Any]: ...

@@ -67,6 +67,8 @@ class Supervised:
     queued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
     outputs: list[str] = field(default_factory=list)
+    #: seconds of its timeout the agent had used before a restart of the engine (re-attached agents)
+    used_s: float = 0.0
 
 
 @dataclass
@@ -233,7 +235,7 @@ class AgentManager:
                 )
                 await record(led, sid, spawned)
                 await sup.agent.prompt(sup.spec.prompt)
-            async with asyncio.timeout(sup.timeout_s):
+            async with asyncio.timeout(max(0.0, sup.timeout_s - sup.used_s)):
                 terminal = await self._follow(sup)
         except asyncio.CancelledError:
             reason, by = sup.stop_reason or ("cancelled", None)

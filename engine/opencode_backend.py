@@ -22,6 +22,10 @@ directory gets both there at take time, with a new token; its minted one is drop
 The event stream is open before the first prompt so nothing is missed (``opencode_events.py``
 maps it to the engine's events). Server credentials are kept in a 0600 file under the engine's
 state folder (never on the ledger) so that a restarted engine can re-attach.
+
+Re-attaching (``attach``) happens only to a server that outlived both its engine and its watchdog.
+The new engine guards it (``opencode_adopted.py``), connects it to its own MCP server with a new
+token for the agent's session, and catches up with what the session did while nobody listened.
 """
 
 from __future__ import annotations
@@ -32,16 +36,17 @@ import itertools
 import json
 import os
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engine.backend import AgentEvent, AgentSpec
 from engine.errors import OpenCodeError
-from engine.opencode_client import OpenCodeClient
+from engine.opencode_adopted import AdoptedServer
+from engine.opencode_client import OpenCodeClient, OpenCodeEvent
 from engine.opencode_config import build_agent_config, remote_mcp, session_permission_rules
-from engine.opencode_events import EventMapper
+from engine.opencode_events import EventMapper, backlog
 from engine.opencode_pool import OpenCodePool
 from engine.opencode_runner import OpenCodeService
 from engine.opencode_warmup import WARMUP_PROVIDER, WarmupResponder, warm_up
@@ -78,6 +83,7 @@ class OpenCodeAgent:
         spec: AgentSpec | None,
         pid: int | None,
         server_url: str,
+        adopted: AdoptedServer | None = None,
     ) -> None:
         self.service = service
         self.client = client
@@ -85,8 +91,12 @@ class OpenCodeAgent:
         self.spec = spec
         self.pid = pid
         self.server_url = server_url
+        #: the server, when it outlived the engine that started it (re-attached): stopped on close
+        self.adopted = adopted
         self._stack = contextlib.AsyncExitStack()
         self._stream: Any = None
+        self._mapper: EventMapper | None = None
+        self._backlog: list[OpenCodeEvent] = []
 
     async def open_events(self) -> None:
         self._stream = await self._stack.enter_async_context(self.client.events())
@@ -100,8 +110,24 @@ class OpenCodeAgent:
             system=spec.system if spec else None,
         )
 
+    async def catch_up(self, *, calls: Iterable[str], messages: Iterable[str]) -> None:
+        """After a restart (the event stream open already): what the session did while no engine
+        listened is reported first by ``events()``, except the tool calls and messages recorded
+        already; a turn that ended meanwhile ends there too."""
+        mapper = self._mapper = EventMapper(self.opencode_session_id)
+        mapper.seen(calls=calls, messages=messages)
+        sid = self.opencode_session_id
+        history, status, pending = await asyncio.gather(
+            self.client.messages(sid), self.client.session_status(), self.client.permissions()
+        )
+        self._backlog = backlog(sid, history, sid in status, pending)
+
     async def events(self) -> AsyncIterator[AgentEvent]:
-        mapper = EventMapper(self.opencode_session_id)
+        mapper = self._mapper or EventMapper(self.opencode_session_id)
+        backlog_, self._backlog = self._backlog, []
+        for ev in backlog_:
+            for out in mapper.map(ev):
+                yield out
         async for ev in self._stream:
             for out in mapper.map(ev):
                 yield out
@@ -127,6 +153,8 @@ class OpenCodeAgent:
             await self.client.aclose()
         if self.service is not None:
             await self.service.stop(abort_sessions=False)
+        elif self.adopted is not None:
+            await self.adopted.stop()
 
 
 class OpenCodeBackend:
@@ -324,15 +352,26 @@ class OpenCodeBackend:
         return self.tokens.issue(spec.session_id)
 
     async def attach(
-        self, server_url: str, opencode_session_id: str, pid: int | None, session_id: str
+        self,
+        server_url: str,
+        opencode_session_id: str,
+        pid: int | None,
+        session_id: str,
+        *,
+        mcp_url: str | None = None,
+        recorded_calls: Iterable[str] = (),
+        recorded_messages: Iterable[str] = (),
     ) -> OpenCodeAgent | None:
-        """Re-attach to a server that outlived a restart of the engine (None when it is gone)."""
+        """Re-attach to a server that outlived a restart of the engine (None when it is gone, or is not
+        the server its credentials open). The server is then this engine's: guarded, connected to
+        ``mcp_url`` with a new token, and stopped when the agent ends. Its event stream starts with
+        what the session did meanwhile, minus ``recorded_calls`` and ``recorded_messages``."""
         creds_path = self.state_root / session_id / "server.json"
         try:
             creds = json.loads(creds_path.read_text())
         except (OSError, ValueError):
             return None
-        if pid is None or not Path(f"/proc/{pid}").exists():
+        if pid is None or creds.get("pid") != pid:
             return None
         client = OpenCodeClient(creds["url"], creds["password"], directory=creds.get("directory"))
         try:
@@ -341,8 +380,21 @@ class OpenCodeBackend:
         except Exception:
             await client.aclose()
             return None
-        agent = OpenCodeAgent(None, client, opencode_session_id, None, pid, creds["url"])
-        await agent.open_events()
+        adopted = AdoptedServer.adopt(pid, creds["password"], self.stop_grace)
+        if adopted is None:
+            await client.aclose()
+            return None
+        agent = OpenCodeAgent(None, client, opencode_session_id, None, pid, creds["url"], adopted=adopted)
+        try:
+            if mcp_url is not None and self.tokens is not None:
+                await _connect_mcp(client, mcp_url, self.tokens.issue(session_id))
+            await agent.open_events()
+            await agent.catch_up(calls=recorded_calls, messages=recorded_messages)
+        except BaseException:
+            await agent.close()  # ours now: stopped, not left behind
+            if self.tokens is not None:
+                self.tokens.revoke(session_id)
+            raise
         return agent
 
     async def _healthy(self, svc: OpenCodeService) -> bool:

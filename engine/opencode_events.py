@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from engine.backend import AgentEvent, Failure, Idle, Output, PermissionAsk, ToolUse
@@ -44,6 +44,13 @@ class EventMapper:
         #: message is reported once its `step-finish` part arrived (or at idle/error, whatever came).
         self.ended: dict[str, Mapping[str, Any]] = {}
         self.finished_steps: set[str] = set()
+        #: permission questions reported already (a backlog and the live stream may both hold one)
+        self.asked: set[str] = set()
+
+    def seen(self, *, calls: Iterable[str] = (), messages: Iterable[str] = ()) -> None:
+        """Tool calls and messages recorded already (by an engine before a restart): not reported again."""
+        self.done_tools.update(calls)
+        self.done_messages.update(messages)
 
     def _output(self, mid: str) -> Output:
         info = self.ended.pop(mid)
@@ -107,6 +114,9 @@ class EventMapper:
                 if mid in self.finished_steps:
                     return [self._output(mid)]
         elif ev.type == "permission.asked":
+            if str(p.get("id")) in self.asked:
+                return []
+            self.asked.add(str(p.get("id")))
             return [
                 PermissionAsk(
                     id=str(p.get("id")),
@@ -121,3 +131,41 @@ class EventMapper:
         elif ev.type == "session.idle":
             return [*self._flush(), Idle()]
         return []
+
+
+_NEVER_ANSWERED = {
+    "name": "TurnLost",
+    "data": {"message": "the session is idle and never answered: its turn was lost in the restart"},
+}
+
+
+def backlog(
+    session_id: str,
+    messages: Sequence[Mapping[str, Any]],
+    busy: bool,
+    permissions: Sequence[Mapping[str, Any]],
+) -> list[OpenCodeEvent]:
+    """The events that tell what a session did while no engine listened, from a snapshot of it:
+    its messages (``GET /session/{id}/message``), whether it is still busy, and the questions
+    pending (``GET /permission``). Fed to the session's EventMapper before its live events, they
+    report what the mapper has not seen; a session that is no longer busy ends with the outcome of
+    its turn (idle, or the error its last reply ended with)."""
+    out: list[OpenCodeEvent] = []
+    last: Mapping[str, Any] = {}
+    for message in messages:
+        info = message.get("info") or {}
+        for part in message.get("parts") or ():
+            out.append(OpenCodeEvent("message.part.updated", {"part": part}))
+        out.append(OpenCodeEvent("message.updated", {"info": info}))
+        if info.get("role") == "assistant":
+            last = info
+    out.extend(
+        OpenCodeEvent("permission.asked", dict(p)) for p in permissions if p.get("sessionID") == session_id
+    )
+    if not busy:
+        err = last.get("error") if last else _NEVER_ANSWERED
+        if err is not None:
+            out.append(OpenCodeEvent("session.error", {"sessionID": session_id, "error": err}))
+        else:
+            out.append(OpenCodeEvent("session.idle", {"sessionID": session_id}))
+    return out

@@ -1,8 +1,10 @@
 """Recovery on start: replay the ledger, then settle every session it still thinks is live.
 
 A session recorded as running is re-attached when its OpenCode server and session are still
-alive; otherwise it is recorded as interrupted. A queued session (approved, never started) is
-interrupted too. No session stays "running" forever.
+alive (the server then outlived its watchdog, which normally ends it with the engine); otherwise
+it is recorded as interrupted. A queued session (approved, never started) is interrupted too. No
+session stays "running" forever. A re-attached agent reaches this engine's MCP server with a new
+token, and what it did while no engine listened is recorded once, when the engine catches up.
 """
 
 from __future__ import annotations
@@ -15,8 +17,24 @@ from ledger import Ledger
 from schemas.events import LIVE_STATUSES, SessionInterrupted
 
 
-async def recover(ledger: Ledger, backend: AgentBackend) -> dict[str, Any]:
-    """Rebuild drifted projections, then re-attach or interrupt each live session."""
+def recorded(ledger: Ledger, session_id: str) -> tuple[set[str], set[str]]:
+    """The tool call ids and message ids the ledger holds for the session already."""
+    calls: set[str] = set()
+    messages: set[str] = set()
+    for entry in ledger.entries(stream=session_id, types=["tool.called", "output.received"]):
+        data = entry.data()
+        if data is None:  # pruned
+            continue
+        if entry.type == "tool.called" and data.get("call_id"):
+            calls.add(str(data["call_id"]))
+        elif entry.type == "output.received" and data.get("message_id"):
+            messages.add(str(data["message_id"]))
+    return calls, messages
+
+
+async def recover(ledger: Ledger, backend: AgentBackend, *, mcp_url: str | None = None) -> dict[str, Any]:
+    """Rebuild drifted projections, then re-attach or interrupt each live session (``mcp_url``: this
+    engine's MCP server, for re-attached agents)."""
     check = ledger.replay(check=True)
     repaired = False
     if not check.ok:
@@ -27,8 +45,17 @@ async def recover(ledger: Ledger, backend: AgentBackend) -> dict[str, Any]:
     for st in ledger.sessions(statuses=LIVE_STATUSES):
         agent = None
         if st.status == "running" and st.server_url and st.opencode_session_id:
+            calls, messages = recorded(ledger, st.session_id)
             try:
-                agent = await backend.attach(st.server_url, st.opencode_session_id, st.pid, st.session_id)
+                agent = await backend.attach(
+                    st.server_url,
+                    st.opencode_session_id,
+                    st.pid,
+                    st.session_id,
+                    mcp_url=mcp_url,
+                    recorded_calls=calls,
+                    recorded_messages=messages,
+                )
             except Exception:
                 agent = None
         if agent is not None:
@@ -45,5 +72,6 @@ async def recover(ledger: Ledger, backend: AgentBackend) -> dict[str, Any]:
         "replay_drift": len(check.drift),
         "repaired": repaired,
         "attached": attached,
+        "reattached": [sid for sid, _ in attached],
         "interrupted": interrupted,
     }

@@ -88,7 +88,7 @@ class Engine:
         self.tokens.issue(OPERATOR, token=self.operator_token)
         source = str(s.constitution_path) if s.constitution_path else None
         await self.service.record_constitution(source)
-        self.recovery = await recover(self.ledger, backend)
+        self.recovery = await recover(self.ledger, backend, mcp_url=self.agent_mcp_url)
         for sid, agent in self.recovery.pop("attached", []):
             readopt(self.service, sid, agent)
         # off the critical path: the pool fills in the background, warming up in the one allowed

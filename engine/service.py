@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -383,6 +384,8 @@ def readopt(service: DelegationService, session_id: str, agent: Any) -> None:
         principal=st.principal or st.role,
         delegator=st.delegator or "unknown",
     )
+    # the timeout runs from the agent's start, not from the restart
+    started = next(iter(service.ledger.entries(stream=session_id, types=["agent.spawned"], limit=1)), None)
     service.manager.adopt(
         Supervised(
             session_id=session_id,
@@ -390,6 +393,7 @@ def readopt(service: DelegationService, session_id: str, agent: Any) -> None:
             policy=policy,
             spawned=spawned,
             timeout_s=req.timeout_seconds or service.settings.default_timeout_s,
+            used_s=0.0 if started is None else max(0.0, time.time() - started.recorded_at_us / 1e6),
         ),
         agent,
     )

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from engine_support import (
     REPO,
+    events,
     first,
     live_sessions,
     opencode_processes,
@@ -33,7 +34,8 @@ from engine_support import (
 )
 from fastmcp import Client
 
-from engine.scripted_model import HangStep, ScriptedModel
+from engine.scripted_model import EchoToolResultStep, HangStep, ScriptedModel, TextStep, ToolCallStep
+from ledger import Ledger
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.usefixtures("quiet_logfire")]
 
@@ -230,3 +232,114 @@ class TestGracefulStop:
                 assert st.end_reason == "engine shutdown"
                 assert engine.recovery["interrupted"] == []
                 await wait_until(lambda: led.verify().ok, 5, "the ledger to verify")
+
+
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    return int(stat[stat.rfind(b")") + 2 :].split()[1])
+
+
+class TestReattach:
+    async def test_an_agent_that_outlived_its_engine_is_supervised_by_the_next(
+        self, tmp_path: Path, scripted_model: ScriptedModel, marker: str
+    ) -> None:
+        """The engine and the agent's watchdog die (kill -9) while the agent waits for a slow model
+        reply: the next engine re-attaches to the agent's server, records what it does from then on
+        (a bash call, then a call of our MCP tools, which must work with the new engine's token and
+        address), records its completion, and stops its server; nothing is left running."""
+        project, work = tmp_path / "project", tmp_path / "agents"
+        flag = project / f"{marker}.ran"
+        scripted_model.add(
+            [
+                ToolCallStep.of("bash", {"command": f"touch {flag}", "description": "touch"}, delay=8.0),
+                ToolCallStep.of("ledger_verify_ledger", {}),
+                EchoToolResultStep(prefix="verified: "),
+            ],
+            match=marker,
+        )
+        async with asyncio.timeout(150):
+            async with ledger_serve(tmp_path, scripted_model) as (proc, url, token):
+                async with Client(url, auth=token) as c:
+                    sid = (
+                        await c.call_tool("spawn_agent", root_request(project, "tester", f"{marker} run it"))
+                    ).data["session_id"]
+                    await asyncio.to_thread(
+                        scripted_model.wait_for_completions, 1, conversation=marker, timeout=60
+                    )
+                    pid = (await c.call_tool("query_session", {"session_id": sid})).data["pid"]
+                os.kill(parent_of(pid), signal.SIGKILL)  # the watchdog first: the server survives it
+                proc.send_signal(signal.SIGKILL)
+                assert proc.wait(10) == -signal.SIGKILL
+            await asyncio.sleep(0.5)
+            assert Path(f"/proc/{pid}").exists(), "the agent's server should have outlived its engine"
+            async with running_engine(tmp_path, scripted_model) as engine:
+                led = engine.ledger
+                assert led is not None
+                assert engine.recovery["interrupted"] == []
+                assert engine.recovery["reattached"] == [sid]
+                assert await wait_status(led, sid, {"completed", "failed", "stopped"}, 90) == "completed"
+                assert flag.exists()
+                calls = [(d["tool"], d["status"]) for _, d in events(led, sid, ["tool.called"])]
+                assert calls == [("bash", "completed"), ("ledger_verify_ledger", "completed")]
+                text = " ".join(d["text"] for _, d in events(led, sid, ["output.received"]))
+                assert "verified: " in text
+                assert '"ok":true' in text.replace(" ", "")
+                await wait_until(lambda: not Path(f"/proc/{pid}").exists(), 20, "the agent's server to stop")
+                assert led.verify().ok
+        assert opencode_processes(work) == []
+
+    async def test_what_the_agent_did_while_no_engine_listened_is_recorded_once(
+        self, tmp_path: Path, scripted_model: ScriptedModel, marker: str
+    ) -> None:
+        """The agent's turn ends (a bash call, then its answer) while no engine runs: the next engine
+        re-attaches, catches up from the session's messages (each call and reply recorded once, none
+        of those the first engine recorded again), records the completion and stops the server."""
+        project = tmp_path / "project"
+        first_flag, second_flag = project / f"{marker}.1", project / f"{marker}.2"
+        scripted_model.add(
+            [
+                ToolCallStep.of("bash", {"command": f"touch {first_flag}", "description": "one"}),
+                ToolCallStep.of("bash", {"command": f"touch {second_flag}", "description": "two"}, delay=3.0),
+                TextStep(text=f"{marker} all done"),
+            ],
+            match=marker,
+        )
+        async with asyncio.timeout(150):
+            async with ledger_serve(tmp_path, scripted_model) as (proc, url, token):
+                async with Client(url, auth=token) as c:
+                    sid = (
+                        await c.call_tool("spawn_agent", root_request(project, "tester", f"{marker} run it"))
+                    ).data["session_id"]
+                    await asyncio.to_thread(
+                        scripted_model.wait_for_completions, 2, conversation=marker, timeout=60
+                    )
+                    state = (await c.call_tool("query_session", {"session_id": sid})).data
+                os.kill(parent_of(state["pid"]), signal.SIGKILL)
+                proc.send_signal(signal.SIGKILL)
+                assert proc.wait(10) == -signal.SIGKILL
+            await asyncio.to_thread(
+                scripted_model.wait_for_completions, 3, conversation=marker, finished=True, timeout=60
+            )
+            await wait_until(lambda: second_flag.exists(), 20, "the second call to run with no engine")
+            await asyncio.sleep(1.0)  # the turn ends: the session goes idle with nobody listening
+            with Ledger.open(tmp_path / "ledger.db", create=False) as before:
+                calls_then = [d["call_id"] for _, d in events(before, sid, ["tool.called"])]
+            assert len(calls_then) == 1, "the first engine recorded the first call"
+            async with running_engine(tmp_path, scripted_model) as engine:
+                led = engine.ledger
+                assert led is not None
+                assert engine.recovery["reattached"] == [sid]
+                assert await wait_status(led, sid, {"completed", "failed", "stopped"}, 30) == "completed"
+                calls = [(d["call_id"], d["status"]) for _, d in events(led, sid, ["tool.called"])]
+                assert len(calls) == 2
+                assert len({c for c, _ in calls}) == 2
+                assert all(status == "completed" for _, status in calls)
+                assert calls[0][0] == calls_then[0]
+                outputs = [(d["message_id"], d["text"]) for _, d in events(led, sid, ["output.received"])]
+                assert outputs[-1][1] == f"{marker} all done"
+                assert len({m for m, _ in outputs}) == len(outputs)
+                await wait_until(
+                    lambda: not Path(f"/proc/{state['pid']}").exists(), 20, "the agent's server to stop"
+                )
+                assert led.verify().ok
+        assert opencode_processes(tmp_path / "agents") == []
