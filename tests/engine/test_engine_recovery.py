@@ -314,6 +314,10 @@ class TestReattach:
                         scripted_model.wait_for_completions, 2, conversation=marker, timeout=60
                     )
                     state = (await c.call_tool("query_session", {"session_id": sid})).data
+                with Ledger.open(tmp_path / "ledger.db", create=False) as watching:
+                    await wait_until(  # the second reply is 3 s away: the call is recorded by then
+                        lambda: list(events(watching, sid, ["tool.called"])), 3, "the first call recorded"
+                    )
                 os.kill(parent_of(state["pid"]), signal.SIGKILL)
                 proc.send_signal(signal.SIGKILL)
                 assert proc.wait(10) == -signal.SIGKILL
@@ -342,4 +346,39 @@ class TestReattach:
                     lambda: not Path(f"/proc/{state['pid']}").exists(), 20, "the agent's server to stop"
                 )
                 assert led.verify().ok
+        assert opencode_processes(tmp_path / "agents") == []
+
+    async def test_the_timeout_runs_from_the_agents_start_not_from_the_restart(
+        self, tmp_path: Path, scripted_model: ScriptedModel, marker: str
+    ) -> None:
+        """A re-attached agent that never answers fails when its own timeout is over, counted from its
+        start under the first engine; its server is stopped."""
+        project = tmp_path / "project"
+        scripted_model.add([HangStep(keepalive=0.2)], match=marker)
+        request = root_request(project, "reviewer", f"{marker} review")
+        request["timeout_seconds"] = 12
+        async with asyncio.timeout(120):
+            async with ledger_serve(tmp_path, scripted_model) as (proc, url, token):
+                async with Client(url, auth=token) as c:
+                    sid = (await c.call_tool("spawn_agent", request)).data["session_id"]
+                    await asyncio.to_thread(
+                        scripted_model.wait_for_completions, 1, conversation=marker, timeout=60
+                    )
+                    pid = (await c.call_tool("query_session", {"session_id": sid})).data["pid"]
+                os.kill(parent_of(pid), signal.SIGKILL)
+                proc.send_signal(signal.SIGKILL)
+                assert proc.wait(10) == -signal.SIGKILL
+            await asyncio.sleep(5.0)  # a restart that takes a while: a fresh timeout would end 5 s late
+            async with running_engine(tmp_path, scripted_model) as engine:
+                led = engine.ledger
+                assert led is not None
+                assert engine.recovery["reattached"] == [sid]
+                assert await wait_status(led, sid, {"completed", "failed", "stopped"}, 30) == "failed"
+                failed = first(led, sid, "agent.failed")
+                assert failed["kind"] == "timeout"
+                assert "12 s timeout" in failed["error"]
+                spawned_at = next(led.entries(stream=sid, types=["agent.spawned"])).recorded_at_us
+                failed_at = next(led.entries(stream=sid, types=["agent.failed"])).recorded_at_us
+                assert 11.5 <= (failed_at - spawned_at) / 1e6 < 16.5
+                await wait_until(lambda: not Path(f"/proc/{pid}").exists(), 20, "the agent's server to stop")
         assert opencode_processes(tmp_path / "agents") == []
