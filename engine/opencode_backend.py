@@ -362,10 +362,11 @@ class OpenCodeBackend:
         recorded_calls: Iterable[str] = (),
         recorded_messages: Iterable[str] = (),
     ) -> OpenCodeAgent | None:
-        """Re-attach to a server that outlived a restart of the engine (None when it is gone, or is not
-        the server its credentials open). The server is then this engine's: guarded, connected to
-        ``mcp_url`` with a new token, and stopped when the agent ends. Its event stream starts with
-        what the session did meanwhile, minus ``recorded_calls`` and ``recorded_messages``."""
+        """Re-attach to a server that outlived a restart of the engine (None when it is gone, is not the
+        server its credentials name, or has lost the session: such a server of ours is stopped). The
+        server is then this engine's: guarded, connected to ``mcp_url`` with a new token, and stopped
+        when the agent ends. Its event stream starts with what the session did meanwhile, minus
+        ``recorded_calls`` and ``recorded_messages``."""
         creds_path = self.state_root / session_id / "server.json"
         try:
             creds = json.loads(creds_path.read_text())
@@ -373,25 +374,25 @@ class OpenCodeBackend:
             return None
         if pid is None or creds.get("pid") != pid:
             return None
+        # ours (its environment holds the recorded password) and alive, or nothing to do
+        adopted = AdoptedServer.adopt(pid, creds["password"], self.stop_grace)
+        if adopted is None:
+            return None
         client = OpenCodeClient(creds["url"], creds["password"], directory=creds.get("directory"))
+        agent = OpenCodeAgent(None, client, opencode_session_id, None, pid, creds["url"], adopted=adopted)
         try:
             await client.health(timeout=3)
             await client.get_session(opencode_session_id)
         except Exception:
-            await client.aclose()
+            await agent.close()  # a server of ours that cannot carry on: stopped, not left behind
             return None
-        adopted = AdoptedServer.adopt(pid, creds["password"], self.stop_grace)
-        if adopted is None:
-            await client.aclose()
-            return None
-        agent = OpenCodeAgent(None, client, opencode_session_id, None, pid, creds["url"], adopted=adopted)
         try:
             if mcp_url is not None and self.tokens is not None:
                 await _connect_mcp(client, mcp_url, self.tokens.issue(session_id))
             await agent.open_events()
             await agent.catch_up(calls=recorded_calls, messages=recorded_messages)
         except BaseException:
-            await agent.close()  # ours now: stopped, not left behind
+            await agent.close()
             if self.tokens is not None:
                 self.tokens.revoke(session_id)
             raise

@@ -9,6 +9,8 @@ token, and what it did while no engine listened is recorded once, when the engin
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from engine.backend import AgentBackend
@@ -45,8 +47,8 @@ async def recover(ledger: Ledger, backend: AgentBackend, *, mcp_url: str | None 
     for st in ledger.sessions(statuses=LIVE_STATUSES):
         agent = None
         if st.status == "running" and st.server_url and st.opencode_session_id:
-            calls, messages = recorded(ledger, st.session_id)
             try:
+                calls, messages = recorded(ledger, st.session_id)
                 agent = await backend.attach(
                     st.server_url,
                     st.opencode_session_id,
@@ -75,3 +77,20 @@ async def recover(ledger: Ledger, backend: AgentBackend, *, mcp_url: str | None 
         "reattached": [sid for sid, _ in attached],
         "interrupted": interrupted,
     }
+
+
+async def supervise_again(ledger: Ledger, result: dict[str, Any], adopt: Callable[[str, Any], None]) -> None:
+    """Hand each re-attached agent of ``result`` (``recover``'s) to ``adopt``; an agent that cannot be
+    supervised again is stopped and recorded as interrupted, the others go on."""
+    for sid, agent in result.pop("attached", []):
+        try:
+            adopt(sid, agent)
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await agent.close()
+            reason = (
+                f"the engine restarted and could not supervise the agent again ({type(exc).__name__}: {exc})"
+            )
+            await record(ledger, sid, SessionInterrupted(session_id=sid, reason=reason))
+            result["reattached"].remove(sid)
+            result["interrupted"].append(sid)

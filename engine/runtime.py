@@ -20,7 +20,7 @@ from fastmcp import FastMCP
 
 from engine.mcp_server import build_server
 from engine.opencode_backend import OpenCodeBackend
-from engine.recovery import recover
+from engine.recovery import recover, supervise_again
 from engine.service import DelegationService, readopt
 from engine.settings import EngineSettings, load_constitution_file
 from engine.tokens import OPERATOR, SessionTokens
@@ -89,8 +89,8 @@ class Engine:
         source = str(s.constitution_path) if s.constitution_path else None
         await self.service.record_constitution(source)
         self.recovery = await recover(self.ledger, backend, mcp_url=self.agent_mcp_url)
-        for sid, agent in self.recovery.pop("attached", []):
-            readopt(self.service, sid, agent)
+        service = self.service
+        await supervise_again(self.ledger, self.recovery, lambda sid, agent: readopt(service, sid, agent))
         # off the critical path: the pool fills in the background, warming up in the one allowed
         # root when there is exactly one (later: in the project directory of the latest spawn)
         roots = tuple(constitution.allowed_roots or ())

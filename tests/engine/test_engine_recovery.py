@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -34,6 +35,7 @@ from engine_support import (
 )
 from fastmcp import Client
 
+from engine.opencode_client import OpenCodeClient
 from engine.scripted_model import EchoToolResultStep, HangStep, ScriptedModel, TextStep, ToolCallStep
 from ledger import Ledger
 
@@ -239,6 +241,37 @@ def parent_of(pid: int) -> int:
     return int(stat[stat.rfind(b")") + 2 :].split()[1])
 
 
+@contextlib.asynccontextmanager
+async def outliving_agent(
+    base: Path, model: ScriptedModel, request: dict[str, Any], conversation: str, *, replies: int = 1
+) -> AsyncIterator[tuple[str, int]]:
+    """An agent whose server outlives its engine: `ledger serve` spawns it from ``request``; once
+    ``replies`` model requests of ``conversation`` arrived, its watchdog and then `ledger serve` are
+    killed with -9. Yields (session id, the server's pid); the server is killed on the way out if a
+    failing test left it running."""
+    async with ledger_serve(base, model) as (proc, url, token):
+        async with Client(url, auth=token) as c:
+            sid = (await c.call_tool("spawn_agent", request)).data["session_id"]
+            await asyncio.to_thread(
+                model.wait_for_completions, replies, conversation=conversation, timeout=60
+            )
+            pid = (await c.call_tool("query_session", {"session_id": sid})).data["pid"]
+        os.kill(parent_of(pid), signal.SIGKILL)  # the watchdog first: the server survives it
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(10) == -signal.SIGKILL
+    try:
+        await asyncio.sleep(0.3)
+        assert Path(f"/proc/{pid}").exists(), "the agent's server should have outlived its engine"
+        yield sid, pid
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def server_gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists()
+
+
 class TestReattach:
     async def test_an_agent_that_outlived_its_engine_is_supervised_by_the_next(
         self, tmp_path: Path, scripted_model: ScriptedModel, marker: str
@@ -247,7 +280,7 @@ class TestReattach:
         reply: the next engine re-attaches to the agent's server, records what it does from then on
         (a bash call, then a call of our MCP tools, which must work with the new engine's token and
         address), records its completion, and stops its server; nothing is left running."""
-        project, work = tmp_path / "project", tmp_path / "agents"
+        project = tmp_path / "project"
         flag = project / f"{marker}.ran"
         scripted_model.add(
             [
@@ -257,22 +290,12 @@ class TestReattach:
             ],
             match=marker,
         )
+        request = root_request(project, "tester", f"{marker} run it")
         async with asyncio.timeout(150):
-            async with ledger_serve(tmp_path, scripted_model) as (proc, url, token):
-                async with Client(url, auth=token) as c:
-                    sid = (
-                        await c.call_tool("spawn_agent", root_request(project, "tester", f"{marker} run it"))
-                    ).data["session_id"]
-                    await asyncio.to_thread(
-                        scripted_model.wait_for_completions, 1, conversation=marker, timeout=60
-                    )
-                    pid = (await c.call_tool("query_session", {"session_id": sid})).data["pid"]
-                os.kill(parent_of(pid), signal.SIGKILL)  # the watchdog first: the server survives it
-                proc.send_signal(signal.SIGKILL)
-                assert proc.wait(10) == -signal.SIGKILL
-            await asyncio.sleep(0.5)
-            assert Path(f"/proc/{pid}").exists(), "the agent's server should have outlived its engine"
-            async with running_engine(tmp_path, scripted_model) as engine:
+            async with (
+                outliving_agent(tmp_path, scripted_model, request, marker) as (sid, pid),
+                running_engine(tmp_path, scripted_model) as engine,
+            ):
                 led = engine.ledger
                 assert led is not None
                 assert engine.recovery["interrupted"] == []
@@ -284,9 +307,9 @@ class TestReattach:
                 text = " ".join(d["text"] for _, d in events(led, sid, ["output.received"]))
                 assert "verified: " in text
                 assert '"ok":true' in text.replace(" ", "")
-                await wait_until(lambda: not Path(f"/proc/{pid}").exists(), 20, "the agent's server to stop")
+                await wait_until(lambda: server_gone(pid), 20, "the agent's server to stop")
                 assert led.verify().ok
-        assert opencode_processes(work) == []
+        assert opencode_processes(tmp_path / "agents") == []
 
     async def test_what_the_agent_did_while_no_engine_listened_is_recorded_once(
         self, tmp_path: Path, scripted_model: ScriptedModel, marker: str
@@ -295,57 +318,46 @@ class TestReattach:
         re-attaches, catches up from the session's messages (each call and reply recorded once, none
         of those the first engine recorded again), records the completion and stops the server."""
         project = tmp_path / "project"
-        first_flag, second_flag = project / f"{marker}.1", project / f"{marker}.2"
+        second_flag = project / f"{marker}.2"
         scripted_model.add(
             [
-                ToolCallStep.of("bash", {"command": f"touch {first_flag}", "description": "one"}),
+                ToolCallStep.of("bash", {"command": f"touch {project / marker}.1", "description": "one"}),
                 ToolCallStep.of("bash", {"command": f"touch {second_flag}", "description": "two"}, delay=3.0),
                 TextStep(text=f"{marker} all done"),
             ],
             match=marker,
         )
+        request = root_request(project, "tester", f"{marker} run it")
+        ledger_path = tmp_path / "ledger.db"
+
+        def recorded_calls() -> list[str]:
+            with Ledger.open(ledger_path, create=False) as led:
+                return [d["call_id"] for _, d in events(led, sid, ["tool.called"])]
+
         async with asyncio.timeout(150):
-            async with ledger_serve(tmp_path, scripted_model) as (proc, url, token):
-                async with Client(url, auth=token) as c:
-                    sid = (
-                        await c.call_tool("spawn_agent", root_request(project, "tester", f"{marker} run it"))
-                    ).data["session_id"]
-                    await asyncio.to_thread(
-                        scripted_model.wait_for_completions, 2, conversation=marker, timeout=60
-                    )
-                    state = (await c.call_tool("query_session", {"session_id": sid})).data
-                with Ledger.open(tmp_path / "ledger.db", create=False) as watching:
-                    await wait_until(  # the second reply is 3 s away: the call is recorded by then
-                        lambda: list(events(watching, sid, ["tool.called"])), 3, "the first call recorded"
-                    )
-                os.kill(parent_of(state["pid"]), signal.SIGKILL)
-                proc.send_signal(signal.SIGKILL)
-                assert proc.wait(10) == -signal.SIGKILL
-            await asyncio.to_thread(
-                scripted_model.wait_for_completions, 3, conversation=marker, finished=True, timeout=60
-            )
-            await wait_until(lambda: second_flag.exists(), 20, "the second call to run with no engine")
-            await asyncio.sleep(1.0)  # the turn ends: the session goes idle with nobody listening
-            with Ledger.open(tmp_path / "ledger.db", create=False) as before:
-                calls_then = [d["call_id"] for _, d in events(before, sid, ["tool.called"])]
-            assert len(calls_then) == 1, "the first engine recorded the first call"
-            async with running_engine(tmp_path, scripted_model) as engine:
-                led = engine.ledger
-                assert led is not None
-                assert engine.recovery["reattached"] == [sid]
-                assert await wait_status(led, sid, {"completed", "failed", "stopped"}, 30) == "completed"
-                calls = [(d["call_id"], d["status"]) for _, d in events(led, sid, ["tool.called"])]
-                assert len(calls) == 2
-                assert len({c for c, _ in calls}) == 2
-                assert all(status == "completed" for _, status in calls)
-                assert calls[0][0] == calls_then[0]
-                outputs = [(d["message_id"], d["text"]) for _, d in events(led, sid, ["output.received"])]
-                assert outputs[-1][1] == f"{marker} all done"
-                assert len({m for m, _ in outputs}) == len(outputs)
-                await wait_until(
-                    lambda: not Path(f"/proc/{state['pid']}").exists(), 20, "the agent's server to stop"
+            async with outliving_agent(tmp_path, scripted_model, request, marker, replies=2) as (sid, pid):
+                calls_then = recorded_calls()
+                assert len(calls_then) == 1, "the first engine recorded the first call"
+                await asyncio.to_thread(
+                    scripted_model.wait_for_completions, 3, conversation=marker, finished=True, timeout=60
                 )
-                assert led.verify().ok
+                await wait_until(lambda: second_flag.exists(), 20, "the second call to run with no engine")
+                await asyncio.sleep(1.0)  # the turn ends: the session goes idle with nobody listening
+                async with running_engine(tmp_path, scripted_model) as engine:
+                    led = engine.ledger
+                    assert led is not None
+                    assert engine.recovery["reattached"] == [sid]
+                    assert await wait_status(led, sid, {"completed", "failed", "stopped"}, 30) == "completed"
+                    calls = [(d["call_id"], d["status"]) for _, d in events(led, sid, ["tool.called"])]
+                    assert len(calls) == 2
+                    assert calls[0][0] == calls_then[0]
+                    assert calls[1][0] != calls_then[0]
+                    assert all(status == "completed" for _, status in calls)
+                    outputs = [(d["message_id"], d["text"]) for _, d in events(led, sid, ["output.received"])]
+                    assert outputs[-1][1] == f"{marker} all done"
+                    assert len({m for m, _ in outputs}) == len(outputs)
+                    await wait_until(lambda: server_gone(pid), 20, "the agent's server to stop")
+                    assert led.verify().ok
         assert opencode_processes(tmp_path / "agents") == []
 
     async def test_the_timeout_runs_from_the_agents_start_not_from_the_restart(
@@ -353,32 +365,46 @@ class TestReattach:
     ) -> None:
         """A re-attached agent that never answers fails when its own timeout is over, counted from its
         start under the first engine; its server is stopped."""
-        project = tmp_path / "project"
         scripted_model.add([HangStep(keepalive=0.2)], match=marker)
-        request = root_request(project, "reviewer", f"{marker} review")
+        request = root_request(tmp_path / "project", "reviewer", f"{marker} review")
         request["timeout_seconds"] = 12
         async with asyncio.timeout(120):
-            async with ledger_serve(tmp_path, scripted_model) as (proc, url, token):
-                async with Client(url, auth=token) as c:
-                    sid = (await c.call_tool("spawn_agent", request)).data["session_id"]
-                    await asyncio.to_thread(
-                        scripted_model.wait_for_completions, 1, conversation=marker, timeout=60
-                    )
-                    pid = (await c.call_tool("query_session", {"session_id": sid})).data["pid"]
-                os.kill(parent_of(pid), signal.SIGKILL)
-                proc.send_signal(signal.SIGKILL)
-                assert proc.wait(10) == -signal.SIGKILL
-            await asyncio.sleep(5.0)  # a restart that takes a while: a fresh timeout would end 5 s late
-            async with running_engine(tmp_path, scripted_model) as engine:
-                led = engine.ledger
-                assert led is not None
-                assert engine.recovery["reattached"] == [sid]
-                assert await wait_status(led, sid, {"completed", "failed", "stopped"}, 30) == "failed"
-                failed = first(led, sid, "agent.failed")
-                assert failed["kind"] == "timeout"
-                assert "12 s timeout" in failed["error"]
-                spawned_at = next(led.entries(stream=sid, types=["agent.spawned"])).recorded_at_us
-                failed_at = next(led.entries(stream=sid, types=["agent.failed"])).recorded_at_us
-                assert 11.5 <= (failed_at - spawned_at) / 1e6 < 16.5
-                await wait_until(lambda: not Path(f"/proc/{pid}").exists(), 20, "the agent's server to stop")
+            async with outliving_agent(tmp_path, scripted_model, request, marker) as (sid, pid):
+                await asyncio.sleep(5.0)  # a restart that takes a while: a fresh timeout would end 5 s late
+                async with running_engine(tmp_path, scripted_model) as engine:
+                    led = engine.ledger
+                    assert led is not None
+                    assert engine.recovery["reattached"] == [sid]
+                    assert await wait_status(led, sid, {"completed", "failed", "stopped"}, 30) == "failed"
+                    failed = first(led, sid, "agent.failed")
+                    assert failed["kind"] == "timeout"
+                    assert "12 s timeout" in failed["error"]
+                    spawned_at = next(led.entries(stream=sid, types=["agent.spawned"])).recorded_at_us
+                    failed_at = next(led.entries(stream=sid, types=["agent.failed"])).recorded_at_us
+                    assert 11.5 <= (failed_at - spawned_at) / 1e6 < 16.5
+                    await wait_until(lambda: server_gone(pid), 20, "the agent's server to stop")
+        assert opencode_processes(tmp_path / "agents") == []
+
+    async def test_a_surviving_server_that_lost_the_session_is_stopped_and_interrupted(
+        self, tmp_path: Path, scripted_model: ScriptedModel, marker: str
+    ) -> None:
+        """The server outlived its engine but its session is gone: nothing to re-attach to. The next
+        engine records the session as interrupted and stops that server (ours: its password matches)."""
+        scripted_model.add([HangStep(keepalive=0.2)], match=marker)
+        request = root_request(tmp_path / "project", "reviewer", f"{marker} review")
+        async with asyncio.timeout(120):
+            async with outliving_agent(tmp_path, scripted_model, request, marker) as (sid, pid):
+                creds = json.loads((tmp_path / "agents" / sid / "server.json").read_text())
+                async with OpenCodeClient(
+                    creds["url"], creds["password"], directory=creds["directory"]
+                ) as oc:
+                    await oc.abort(creds["opencode_session_id"])
+                    assert await oc.delete_session(creds["opencode_session_id"])
+                async with running_engine(tmp_path, scripted_model) as engine:
+                    led = engine.ledger
+                    assert led is not None
+                    assert engine.recovery["reattached"] == []
+                    assert engine.recovery["interrupted"] == [sid]
+                    assert "server or session is gone" in first(led, sid, "session.interrupted")["reason"]
+                    await wait_until(lambda: server_gone(pid), 20, "the orphaned server to stop")
         assert opencode_processes(tmp_path / "agents") == []
