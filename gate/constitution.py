@@ -59,8 +59,9 @@ __all__ = [
     "load_constitution",
 ]
 
-#: Bumped whenever a rule's meaning changes; part of every ruleset hash.
-RULES_VERSION = "delegation-ledger.gate.rules/1"
+#: Bumped whenever a rule's meaning changes; part of every ruleset hash. 2: `<kind>:**` scopes (ATT-01,
+#: SCH-01), refused as malformed under 1.
+RULES_VERSION = "delegation-ledger.gate.rules/2"
 
 #: ZCAP-LD's advice: a delegation chain SHOULD NOT be longer than 10.
 MAX_DEPTH_LIMIT = 10

@@ -15,9 +15,11 @@ from pydantic_core import PydanticCustomError
 
 from schemas.base import Frozen, NonEmptyStr, Timestamp
 
-#: `<resource>#<action>`: resource segments separated by "/" ("*" one segment, trailing "**"),
-#: action segments separated by "/". See GATE_RULES.md, "Scope grammar".
+#: `<resource>#<action>`: resource segments separated by "/" ("*" one segment, trailing "**"), or
+#: `<kind>:**` (the whole of one kind, e.g. `repo:**`); action segments separated by "/". See
+#: GATE_RULES.md, "Scope grammar", and docs/gate.md.
 _SCOPE = re.compile(r"^[^#\s]+#[A-Za-z0-9_.\-]+(?:/[A-Za-z0-9_.\-]+)*$")
+_KIND_REST = re.compile(r"[A-Za-z][A-Za-z0-9_.\-]*:\*\*")
 SCOPE_ERROR = "scope_syntax"
 
 
@@ -36,6 +38,8 @@ def _checked_scope(value: str) -> str:
         )
     resource = value.split("#", 1)[0]
     segments = resource.split("/")
+    if _KIND_REST.fullmatch(resource):
+        return value
     if (
         any(seg == "" for seg in segments)
         or "**" in segments[:-1]
@@ -43,7 +47,8 @@ def _checked_scope(value: str) -> str:
     ):
         raise PydanticCustomError(
             SCOPE_ERROR,
-            "resource of scope '{got}' has an empty segment or a '**' that is not the whole last segment",
+            "resource of scope '{got}' has an empty segment, or a '**' that is neither the whole last "
+            "segment nor '<kind>:**'",
             {"got": value},
         )
     return value

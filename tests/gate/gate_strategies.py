@@ -29,11 +29,15 @@ literal_segments = st.one_of(
 resource_segments = st.one_of(literal_segments, st.just("*"))
 action_segments = st.sampled_from(["fs", "write", "read", "exec", "shell", "fetch"])
 concrete_segments = st.one_of(literal_segments, st.text("abcz:.", min_size=1, max_size=4))
+#: kinds of `<kind>:**` scopes ("re" is a prefix of "repo" but never its kind: "re:" is not "repo:")
+kinds = st.sampled_from(["repo", "re", "net"])
 
 
 @st.composite
 def scopes(draw: st.DrawFn) -> str:
     """A scope pattern of the gate's grammar (also valid for schemas.Scope)."""
+    if draw(st.integers(0, 5)) == 0:
+        return f"{draw(kinds)}:**#" + "/".join(draw(st.lists(action_segments, min_size=1, max_size=3)))
     rest = draw(st.booleans())
     segments = draw(st.lists(resource_segments, min_size=0 if rest else 1, max_size=4))
     action = draw(st.lists(action_segments, min_size=1, max_size=3))
@@ -44,6 +48,11 @@ def scopes(draw: st.DrawFn) -> str:
 def instances(draw: st.DrawFn, scope: str) -> str:
     """A concrete scope (no wildcards) that `scope` matches."""
     pattern = parse_scope(scope)
+    if pattern.kind is not None:
+        first = pattern.kind + draw(st.text("abc.", max_size=3))
+        segments = [first, *draw(st.lists(concrete_segments, max_size=2))]
+        action = [*pattern.action, *draw(st.lists(action_segments, max_size=2))]
+        return "/".join(segments) + "#" + "/".join(action)
     segments = [draw(concrete_segments) if s == "*" else s for s in pattern.resource]
     if pattern.rest:
         segments += draw(st.lists(concrete_segments, min_size=0 if segments else 1, max_size=3))
@@ -55,6 +64,13 @@ def instances(draw: st.DrawFn, scope: str) -> str:
 def narrowings(draw: st.DrawFn, scope: str) -> str:
     """A scope that `scope` covers by construction (wildcards pinned, rest extended, action lengthened)."""
     pattern = parse_scope(scope)
+    action = [*pattern.action, *draw(st.lists(action_segments, max_size=2))]
+    if pattern.kind is not None:  # the same kind, or a resource of it (its first segment names the kind)
+        if draw(st.booleans()):
+            return f"{pattern.kind}**#" + "/".join(action)
+        first = pattern.kind + draw(st.sampled_from(["", "src", "a.b", "*", "x*"]))
+        more = draw(st.lists(resource_segments, max_size=2))
+        return "/".join([first, *more, *(["**"] if draw(st.booleans()) else [])]) + "#" + "/".join(action)
     segments = [draw(resource_segments) if s == "*" else s for s in pattern.resource]
     rest = False
     if pattern.rest:
@@ -62,14 +78,28 @@ def narrowings(draw: st.DrawFn, scope: str) -> str:
         rest = draw(st.booleans())
     if not segments and not rest:
         segments = [draw(literal_segments)]
-    action = [*pattern.action, *draw(st.lists(action_segments, max_size=2))]
     return "/".join([*segments, *(["**"] if rest else [])]) + "#" + "/".join(action)
+
+
+@st.composite
+def rivals(draw: st.DrawFn, scope: str) -> str:
+    """Any scope whose action `scope`'s covers: only the resources decide whether `scope` covers it
+    (random scopes rarely pass the action test, so their resources would seldom be compared)."""
+    other = draw(scopes())
+    action = [*parse_scope(scope).action, *draw(st.lists(action_segments, max_size=1))]
+    return other.split("#", 1)[0] + "#" + "/".join(action)
 
 
 @st.composite
 def widenings(draw: st.DrawFn, scope: str) -> tuple[str, str]:
     """(a wider scope, a concrete witness it matches that `scope` may not): callers assume the latter."""
     pattern = parse_scope(scope)
+    if pattern.kind is not None:  # everything, or the same kind with a shorter action
+        action = list(pattern.action)
+        if len(action) > 1 and draw(st.booleans()):
+            short = "/".join(action[: draw(st.integers(1, len(action) - 1))])
+            return f"{pattern.kind}**#{short}", f"{pattern.kind}x#{short}"
+        return "**#" + "/".join(action), f"{FRESH}#" + "/".join(action)
     segments = [FRESH if s == "*" else s for s in pattern.resource]
     action = list(pattern.action)
     literal = [i for i, s in enumerate(pattern.resource) if s != "*"]

@@ -13,7 +13,7 @@ from gate.scopes import ScopeSet
 from schemas.events import GateDecided, Verdict
 from schemas.responsibility import DelegationContext
 from tests.gate.gate_builders import NOW, context, findings, hops, judge_chain, violated, virtual_constitution
-from tests.gate.gate_strategies import chains, instances, mutated, narrowings, scopes, widenings
+from tests.gate.gate_strategies import chains, instances, mutated, narrowings, rivals, scopes, widenings
 
 RULES = virtual_constitution()
 STRICT = virtual_constitution(profile="strict")
@@ -70,7 +70,7 @@ class TestScopeCoverage:
     def test_coverage_never_accepts_an_escalation(self, data: st.DataObject) -> None:
         """If parent covers child, every concrete scope child matches is matched by parent (sampled)."""
         parent = data.draw(scopes())
-        child = data.draw(st.one_of(scopes(), narrowings(parent)))
+        child = data.draw(st.one_of(scopes(), narrowings(parent), rivals(parent)))
         if covers(parent, child):
             for _ in range(5):
                 concrete = data.draw(instances(child))
@@ -94,7 +94,13 @@ class TestScopeCoverage:
         compiled = ScopeSet(parents)
         children = data.draw(
             st.lists(
-                st.one_of(scopes(), st.sampled_from(parents).flatmap(narrowings)), min_size=1, max_size=6
+                st.one_of(
+                    scopes(),
+                    st.sampled_from(parents).flatmap(narrowings),
+                    st.sampled_from(parents).flatmap(rivals),
+                ),
+                min_size=1,
+                max_size=6,
             )
         )
         for child in [*children, *children]:  # the second pass answers from the memo

@@ -105,6 +105,29 @@ class TestAtt01Scopes:
         verdict = judge_chain([root], RULES)
         assert violated(verdict) == {("ATT-01", "delegation_context.scopes[2]")}
 
+    def test_the_whole_of_a_kind_covers_its_resources_only(self, root: dict[str, Any]) -> None:
+        """`repo:**` grants the whole repo (`repo:`, `repo:src/**`, `repo:docs/a.md`), not `net:` or `*`."""
+        root["cap_origin"]["scopes"] = ["repo:**#fs", "shell#exec"]
+        root["delegation_context"]["scopes"] = ["repo:**#fs/read", "repo:src/**#fs/write", "shell#exec"]
+        assert judge_chain([root], RULES).decision == "approved"
+        child = delegate(
+            root, "tester", scopes=["repo:docs/a.md#fs/read", "repo:#fs/read", "repo:**#fs/read"]
+        )
+        assert findings(judge_chain([root, child], RULES), "ATT-01") == []
+        wider = delegate(
+            root, "tester", scopes=["repo:**#fs/read", "net:**#fs/read", "*/**#fs/read", "**#fs"]
+        )
+        assert {path for rule, path in violated(judge_chain([root, wider], RULES)) if rule == "ATT-01"} == {
+            "delegation_context.scopes[1]",
+            "delegation_context.scopes[2]",
+            "delegation_context.scopes[3]",
+        }
+        narrower = delegate(root, "tester", scopes=["repo:src/**#fs/write"])
+        again = delegate(narrower, "reviewer", scopes=["repo:**#fs/write"])  # wider than its parent
+        assert ("ATT-01", "delegation_context.scopes[0]") in violated(
+            judge_chain([root, narrower, again], RULES)
+        )
+
     def test_narrower_child_passes(self, root: dict[str, Any]) -> None:
         """A child may narrow its parent's scopes (segments, wildcards, actions)."""
         root = self.scoped_root(root)
