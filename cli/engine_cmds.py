@@ -78,6 +78,7 @@ def serve(
     ] = 2,
 ) -> None:
     """Run the MCP server (stdio for a local client; streamable HTTP on loopback with a bearer token)."""
+    from engine.recovery import summary as recovery_summary
     from engine.runtime import Engine, configure_telemetry
     from engine.settings import EngineSettings
     from engine.tokens import OPERATOR
@@ -107,6 +108,9 @@ def serve(
             await engine.start(http_port=port if transport == "http" else None)
         except ConstitutionError as exc:
             fail(f"constitution refused: {exc}")
+        recovered = recovery_summary(engine.recovery)
+        if recovered is not None:
+            err.print(recovered)
         try:
             if transport == "http":
                 main_token = token or secrets.token_urlsafe(32)

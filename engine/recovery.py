@@ -94,3 +94,15 @@ async def supervise_again(ledger: Ledger, result: dict[str, Any], adopt: Callabl
             await record(ledger, sid, SessionInterrupted(session_id=sid, reason=reason))
             result["reattached"].remove(sid)
             result["interrupted"].append(sid)
+
+
+def summary(result: dict[str, Any]) -> str | None:
+    """One line for the operator about what ``recover`` settled; None when there was nothing to do."""
+    parts = []
+    if result.get("reattached"):
+        parts.append(f"{len(result['reattached'])} running agent(s) re-attached")
+    if result.get("interrupted"):
+        parts.append(f"{len(result['interrupted'])} session(s) recorded as interrupted")
+    if result.get("repaired"):
+        parts.append(f"session projections rebuilt from the ledger ({result.get('replay_drift', 0)} drifted)")
+    return "recovery after a restart: " + "; ".join(parts) if parts else None

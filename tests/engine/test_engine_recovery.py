@@ -36,6 +36,7 @@ from engine_support import (
 from fastmcp import Client
 
 from engine.opencode_client import OpenCodeClient
+from engine.recovery import summary as recovery_summary
 from engine.scripted_model import EchoToolResultStep, HangStep, ScriptedModel, TextStep, ToolCallStep
 from ledger import Ledger
 
@@ -300,6 +301,10 @@ class TestReattach:
                 assert led is not None
                 assert engine.recovery["interrupted"] == []
                 assert engine.recovery["reattached"] == [sid]
+                assert (
+                    recovery_summary(engine.recovery)
+                    == "recovery after a restart: 1 running agent(s) re-attached"
+                )
                 assert await wait_status(led, sid, {"completed", "failed", "stopped"}, 90) == "completed"
                 assert flag.exists()
                 calls = [(d["tool"], d["status"]) for _, d in events(led, sid, ["tool.called"])]
@@ -389,7 +394,8 @@ class TestReattach:
         self, tmp_path: Path, scripted_model: ScriptedModel, marker: str
     ) -> None:
         """The server outlived its engine but its session is gone: nothing to re-attach to. The next
-        engine records the session as interrupted and stops that server (ours: its password matches)."""
+        `ledger serve` records the session as interrupted, says so on stderr, and stops that server
+        (ours: its password matches)."""
         scripted_model.add([HangStep(keepalive=0.2)], match=marker)
         request = root_request(tmp_path / "project", "reviewer", f"{marker} review")
         async with asyncio.timeout(120):
@@ -400,11 +406,12 @@ class TestReattach:
                 ) as oc:
                     await oc.abort(creds["opencode_session_id"])
                     assert await oc.delete_session(creds["opencode_session_id"])
-                async with running_engine(tmp_path, scripted_model) as engine:
-                    led = engine.ledger
-                    assert led is not None
-                    assert engine.recovery["reattached"] == []
-                    assert engine.recovery["interrupted"] == [sid]
-                    assert "server or session is gone" in first(led, sid, "session.interrupted")["reason"]
+                async with ledger_serve(tmp_path, scripted_model) as (_, url, token):
+                    async with Client(url, auth=token) as c:
+                        state = (await c.call_tool("query_session", {"session_id": sid})).data
+                    assert state["status"] == "interrupted"
+                    assert "server or session is gone" in state["end_reason"]
                     await wait_until(lambda: server_gone(pid), 20, "the orphaned server to stop")
-        assert opencode_processes(tmp_path / "agents") == []
+                    log = (tmp_path / "serve.log").read_text()
+                    assert "recovery after a restart: 1 session(s) recorded as interrupted" in log
+            await wait_no_opencode(tmp_path / "agents", 20)  # `ledger serve` was killed: its watchdogs act
