@@ -3,7 +3,8 @@
 A session recorded as running is re-attached when its OpenCode server and session are still
 alive (the server then outlived its watchdog, which normally ends it with the engine); otherwise
 it is recorded as interrupted. A queued session (approved, never started) is interrupted too. No
-session stays "running" forever. A re-attached agent reaches this engine's MCP server with a new
+session stays "running" forever. Sessions of another engine that still runs on the same ledger
+(two MCP clients, each with its own `ledger serve`) are left to it. A re-attached agent reaches this engine's MCP server with a new
 token, and what it did while no engine listened is recorded once, when the engine catches up.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from engine.backend import AgentBackend
 from engine.manager import record
+from engine.owner import engine_alive
 from ledger import Ledger
 from schemas.events import LIVE_STATUSES, SessionInterrupted
 
@@ -34,9 +36,12 @@ def recorded(ledger: Ledger, session_id: str) -> tuple[set[str], set[str]]:
     return calls, messages
 
 
-async def recover(ledger: Ledger, backend: AgentBackend, *, mcp_url: str | None = None) -> dict[str, Any]:
-    """Rebuild drifted projections, then re-attach or interrupt each live session (``mcp_url``: this
-    engine's MCP server, for re-attached agents)."""
+async def recover(
+    ledger: Ledger, backend: AgentBackend, *, mcp_url: str | None = None, engine_id: str | None = None
+) -> dict[str, Any]:
+    """Rebuild drifted projections, then re-attach or interrupt each live session whose engine is gone;
+    those of another engine that still runs (``engine/owner.py``) are left to it (``mcp_url``: this
+    engine's MCP server, for re-attached agents; ``engine_id``: this engine)."""
     check = ledger.replay(check=True)
     repaired = False
     if not check.ok:
@@ -44,7 +49,11 @@ async def recover(ledger: Ledger, backend: AgentBackend, *, mcp_url: str | None 
         repaired = True
     attached: list[tuple[str, Any]] = []
     interrupted: list[str] = []
+    others: list[str] = []
     for st in ledger.sessions(statuses=LIVE_STATUSES):
+        if st.engine is not None and st.engine != engine_id and engine_alive(st.engine):
+            others.append(st.session_id)
+            continue
         agent = None
         if st.status == "running" and st.server_url and st.opencode_session_id:
             try:
@@ -76,6 +85,7 @@ async def recover(ledger: Ledger, backend: AgentBackend, *, mcp_url: str | None 
         "attached": attached,
         "reattached": [sid for sid, _ in attached],
         "interrupted": interrupted,
+        "left_to_their_engine": others,
     }
 
 
@@ -103,6 +113,10 @@ def summary(result: dict[str, Any]) -> str | None:
         parts.append(f"{len(result['reattached'])} running agent(s) re-attached")
     if result.get("interrupted"):
         parts.append(f"{len(result['interrupted'])} session(s) recorded as interrupted")
+    if result.get("left_to_their_engine"):
+        parts.append(
+            f"{len(result['left_to_their_engine'])} session(s) left to the engine that still runs them"
+        )
     if result.get("repaired"):
         parts.append(f"session projections rebuilt from the ledger ({result.get('replay_drift', 0)} drifted)")
     return "recovery after a restart: " + "; ".join(parts) if parts else None

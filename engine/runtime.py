@@ -20,6 +20,7 @@ from fastmcp import FastMCP
 
 from engine.mcp_server import build_server
 from engine.opencode_backend import OpenCodeBackend
+from engine.owner import engine_stopped, new_engine_id
 from engine.recovery import recover, supervise_again
 from engine.service import DelegationService, readopt
 from engine.settings import EngineSettings, load_constitution_file
@@ -51,6 +52,7 @@ class Engine:
         self.agent_mcp_url: str | None = None
         self.operator_token: str | None = None
         self.recovery: dict[str, Any] = {}
+        self.engine_id: str | None = None
 
     async def start(self, *, http_port: int | None = None) -> Engine:
         s = self.settings
@@ -68,7 +70,10 @@ class Engine:
             pool_warmup=s.pool_warmup,
             tokens=self.tokens,
         )
-        self.service = DelegationService(self.ledger, s, backend, constitution, tokens=self.tokens)
+        self.engine_id = new_engine_id()
+        self.service = DelegationService(
+            self.ledger, s, backend, constitution, tokens=self.tokens, engine_id=self.engine_id
+        )
         self.mcp = build_server(self.service)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -88,7 +93,9 @@ class Engine:
         self.tokens.issue(OPERATOR, token=self.operator_token)
         source = str(s.constitution_path) if s.constitution_path else None
         await self.service.record_constitution(source)
-        self.recovery = await recover(self.ledger, backend, mcp_url=self.agent_mcp_url)
+        self.recovery = await recover(
+            self.ledger, backend, mcp_url=self.agent_mcp_url, engine_id=self.engine_id
+        )
         service = self.service
         await supervise_again(self.ledger, self.recovery, lambda sid, agent: readopt(service, sid, agent))
         # off the critical path: the pool fills in the background, warming up in the one allowed
@@ -110,6 +117,8 @@ class Engine:
                     await asyncio.wait_for(self._http_task, 10)
         if self.ledger is not None:
             self.ledger.close()
+        if self.engine_id is not None:
+            engine_stopped(self.engine_id)
 
     async def __aenter__(self) -> Engine:
         return await self.start()

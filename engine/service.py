@@ -80,8 +80,11 @@ class DelegationService:
         tokens: SessionTokens | None = None,
         clock: Callable[[], datetime] = _utcnow,
         agent_mcp_url: str | None = None,
+        engine_id: str | None = None,
     ) -> None:
+        """``engine_id``: recorded with each approved delegation (``engine/owner.py``)."""
         self.ledger = ledger
+        self.engine_id = engine_id
         self.settings = settings
         self.backend = backend
         self.constitution = constitution
@@ -194,6 +197,7 @@ class DelegationService:
                     request_hash=hashlib.sha256(canonical_bytes(request_copy)).hexdigest(),
                     evaluated_at=judged_at,
                     facts=facts,
+                    engine=self.engine_id,
                 ),
             )
             if verdict.decision != "approved":

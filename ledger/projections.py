@@ -160,6 +160,7 @@ class Projector:
             created_at=when,
             updated_at=when,
             children=[],
+            engine=data.get("engine"),
         )
         if data.get("parent_session_id"):
             parent = store.get(data["parent_session_id"])

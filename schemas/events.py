@@ -83,6 +83,11 @@ class GateDecided(_Event):
         description="what the engine resolved outside the "
         "ledger for this decision (directory, role catalogue), so it can be re-run",
     )
+    engine: str | None = Field(
+        None,
+        description="the engine that runs the delegation once approved ('<boot id>/<pid>/<start ticks>/"
+        "<instance>'): a restarted engine leaves alone the sessions of an engine that still runs",
+    )
 
 
 class AgentSpawned(_Event):

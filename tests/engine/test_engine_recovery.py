@@ -415,3 +415,45 @@ class TestReattach:
                     log = (tmp_path / "serve.log").read_text()
                     assert "recovery after a restart: 1 session(s) recorded as interrupted" in log
             await wait_no_opencode(tmp_path / "agents", 20)  # `ledger serve` was killed: its watchdogs act
+
+
+class TestTwoEngines:
+    async def test_an_engine_leaves_alone_the_sessions_of_another_that_still_runs(
+        self, tmp_path: Path, scripted_model: ScriptedModel, marker: str
+    ) -> None:
+        """Two engines on one ledger (two MCP clients, each with its own `ledger serve`): the second to
+        start does not interrupt, adopt or stop the first one's running agent; once the first engine is
+        gone, a third has nothing left to settle (the first recorded its stop)."""
+        scripted_model.add([HangStep(keepalive=0.2)], match=marker)
+        async with asyncio.timeout(120):
+            async with running_engine(tmp_path, scripted_model) as first_engine:
+                led = first_engine.ledger
+                assert led is not None
+                async with Client(first_engine.mcp) as c:
+                    sid = (
+                        await c.call_tool(
+                            "spawn_agent", root_request(tmp_path / "project", "reviewer", f"{marker} review")
+                        )
+                    ).data["session_id"]
+                await wait_status(led, sid, {"running"})
+                st = led.session(sid)
+                assert st is not None
+                assert st.engine == first_engine.engine_id
+                async with running_engine(tmp_path, scripted_model) as second:
+                    assert second.recovery["interrupted"] == []
+                    assert second.recovery["reattached"] == []
+                    assert second.recovery["left_to_their_engine"] == [sid]
+                    assert recovery_summary(second.recovery) == (
+                        "recovery after a restart: 1 session(s) left to the engine that still runs them"
+                    )
+                assert types_of(led, sid)[-1] == "agent.spawned"  # nothing recorded by the second
+                health = await first_engine.service.manager.health(sid)  # type: ignore[union-attr]
+                assert health["alive"] is True
+            async with running_engine(tmp_path, scripted_model) as third:
+                assert third.recovery["interrupted"] == []
+                assert third.recovery["left_to_their_engine"] == []
+                st = third.ledger.session(sid)  # type: ignore[union-attr]
+                assert st is not None
+                assert st.status == "stopped"
+                assert st.end_reason == "engine shutdown"
+        assert opencode_processes(tmp_path / "agents") == []
