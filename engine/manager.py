@@ -184,13 +184,19 @@ class AgentManager:
                 await self._slots.acquire()
                 sup.holds_slot = True
 
+    def supervises(self, session_id: str) -> bool:
+        """Whether this manager runs (or queues) the session now."""
+        sup = self._agents.get(session_id)
+        return sup is not None and not sup.done.is_set()
+
     async def stop(self, session_id: str, reason: str, by: str | None) -> bool:
         sup = self._agents.get(session_id)
         if sup is None or sup.done.is_set():
             return False
-        sup.stop_reason = (reason, by)
-        if sup.task is not None:
-            sup.task.cancel()
+        if sup.stop_reason is None:  # once: a second cancel would cut short the first one's clean-up
+            sup.stop_reason = (reason, by)
+            if sup.task is not None:
+                sup.task.cancel()
         await sup.done.wait()
         return True
 

@@ -35,3 +35,7 @@ class NotAllowed(DelegationError):
 
 class SessionNotRunning(DelegationError):
     """The session has already ended."""
+
+
+class OtherEngine(DelegationError):
+    """The session runs under another engine that still runs on the same ledger."""

@@ -24,8 +24,9 @@ import gate
 from engine.backend import AgentBackend, AgentSpec
 from engine.chain_context import build_context
 from engine.manager import AgentManager, Supervised, record
+from engine.other_engines import other_engine, wait_on_ledger
 from engine.permissions import PermissionPolicy
-from engine.refusals import DelegationRefused, NotAllowed, SessionNotRunning, UnknownSession
+from engine.refusals import DelegationRefused, NotAllowed, OtherEngine, SessionNotRunning, UnknownSession
 from engine.roles import Role, load_catalogue
 from engine.settings import EngineSettings
 from engine.tokens import OPERATOR, SessionTokens
@@ -288,15 +289,28 @@ class DelegationService:
         self, session_id: str, timeout: float | None, caller: str | None = None
     ) -> tuple[SessionState, bool]:
         """Wait until the session is terminal or `timeout` passes; the caller's slot serves others meanwhile."""
-        self.check_access(caller, session_id)
+        st = self.check_access(caller, session_id)
         async with self.manager.lend_slot(self.parent_of(caller)):
-            done = await self.manager.wait(session_id, timeout)
+            if not self.manager.supervises(session_id) and other_engine(st, self.engine_id):
+                done = await wait_on_ledger(self.ledger, session_id, timeout)  # the other engine records it
+            else:
+                done = await self.manager.wait(session_id, timeout)
         return self.state(session_id), done
+
+    def _here(self, st: SessionState, doing: str) -> None:
+        """Refuse to act on a session that another engine runs (it alone holds its agent)."""
+        other = None if self.manager.supervises(st.session_id) else other_engine(st, self.engine_id)
+        if other is not None:
+            raise OtherEngine(
+                f"cannot {doing} session {st.session_id}: it runs under {other}, another engine on this "
+                "ledger; use that engine's MCP server, or revoke_delegation here (that engine stops it)"
+            )
 
     async def send(self, session_id: str, text: str, caller: str | None = None) -> None:
         st = self.check_access(caller, session_id)
         if st.status in TERMINAL_STATUSES:
             raise SessionNotRunning(f"session {session_id} is {st.status}; spawn a new delegation instead")
+        self._here(st, "send a message to")
         await record(
             self.ledger,
             session_id,
@@ -305,7 +319,7 @@ class DelegationService:
         await self.manager.send(session_id, text)
 
     async def stop(self, session_id: str, reason: str, by: str | None) -> SessionState:
-        self.check_access(by, session_id)
+        self._here(self.check_access(by, session_id), "stop")
         await self.manager.stop(session_id, reason, by or "delegator")
         return self.state(session_id)
 

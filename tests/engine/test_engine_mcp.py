@@ -237,6 +237,28 @@ class TestRunningAgent:
         assert sid not in {s["session_id"] for s in active["sessions"]}
         await wait_until(lambda: not Path(f"/proc/{pid}").exists(), 15, "the stopped agent's server to exit")
 
+    async def test_stops_at_once_end_the_agent_once(
+        self, client: Client[Any], engine: Engine, project: Path, module_model: ScriptedModel, marker: str
+    ) -> None:
+        """Three stop_agent calls at once (a delegator, a revocation, a shutdown may race): the first
+        one's reason is recorded once and its clean-up, server stop included, is not cut short."""
+        module_model.add([HangStep(keepalive=0.2)], match=marker)
+        sid = (
+            await client.call_tool("spawn_agent", root_request(project, "reviewer", f"{marker} review"))
+        ).data["session_id"]
+        led = engine.ledger
+        assert led is not None
+        await wait_status(led, sid, {"running"})
+        await asyncio.to_thread(module_model.wait_for_completions, 1, conversation=marker, timeout=60)
+        pid = first(led, sid, "agent.spawned")["pid"]
+        answers = await asyncio.gather(
+            *(client.call_tool("stop_agent", {"session_id": sid, "reason": f"stop {i}"}) for i in range(3))
+        )
+        assert {a.data["status"] for a in answers} == {"stopped"}
+        assert types_of(led, sid).count("agent.stopped") == 1
+        assert first(led, sid, "agent.stopped")["reason"] in {"stop 0", "stop 1", "stop 2"}
+        await wait_until(lambda: not Path(f"/proc/{pid}").exists(), 15, "the stopped agent's server to exit")
+
 
 class TestRefusals:
     async def test_gate_refusal_names_each_rule(

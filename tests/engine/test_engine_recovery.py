@@ -34,6 +34,7 @@ from engine_support import (
     wait_until,
 )
 from fastmcp import Client
+from fastmcp.exceptions import ToolError
 
 from engine.opencode_client import OpenCodeClient
 from engine.recovery import summary as recovery_summary
@@ -456,4 +457,49 @@ class TestTwoEngines:
                 assert st is not None
                 assert st.status == "stopped"
                 assert st.end_reason == "engine shutdown"
+        assert opencode_processes(tmp_path / "agents") == []
+
+    async def test_a_session_of_another_engine_is_revoked_and_waited_for_not_stopped_by_hand(
+        self, tmp_path: Path, scripted_model: ScriptedModel, marker: str
+    ) -> None:
+        """With two engines running on one ledger, the one that does not run an agent refuses to stop
+        it or message it (naming the other engine, recording nothing), waits for it through the ledger,
+        and revokes it: the engine that runs it stops it."""
+        scripted_model.add([HangStep(keepalive=0.2)], match=marker)
+        async with asyncio.timeout(120):
+            async with (
+                running_engine(tmp_path, scripted_model) as owner,
+                running_engine(tmp_path, scripted_model) as other,
+                Client(owner.mcp) as mine,
+                Client(other.mcp) as theirs,
+            ):
+                led = owner.ledger
+                assert led is not None
+                sid = (
+                    await mine.call_tool(
+                        "spawn_agent", root_request(tmp_path / "project", "reviewer", f"{marker} review")
+                    )
+                ).data["session_id"]
+                await wait_status(led, sid, {"running"})
+                before = types_of(led, sid)
+                for tool, args in (
+                    ("stop_agent", {"session_id": sid}),
+                    ("send_to_agent", {"session_id": sid, "message": "hello"}),
+                ):
+                    with pytest.raises(
+                        ToolError, match=f"process {os.getpid()}.*another engine on this ledger"
+                    ):
+                        await theirs.call_tool(tool, args)
+                assert types_of(led, sid) == before
+                waited = (
+                    await theirs.call_tool("wait_for_agent", {"session_id": sid, "timeout_seconds": 0.5})
+                ).data
+                assert waited["status"] == "running"
+                assert waited["done"] is False  # waited on the ledger, not "nothing to wait for"
+                pid = led.session(sid).pid  # type: ignore[union-attr]
+                await theirs.call_tool("revoke_delegation", {"session_id": sid, "reason": "not needed"})
+                manager = owner.service.manager  # type: ignore[union-attr]
+                await wait_until(lambda: not manager.supervises(sid), 15, "the owner to stop its agent")
+                await wait_until(lambda: not Path(f"/proc/{pid}").exists(), 15, "the agent's server to stop")
+                assert led.session(sid).status == "revoked"  # type: ignore[union-attr]
         assert opencode_processes(tmp_path / "agents") == []
