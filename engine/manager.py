@@ -184,6 +184,11 @@ class AgentManager:
                 await self._slots.acquire()
                 sup.holds_slot = True
 
+    def can_send(self, session_id: str) -> bool:
+        """Whether the session's agent runs here now (started, not ended): it can take a message."""
+        sup = self._agents.get(session_id)
+        return sup is not None and sup.agent is not None and not sup.done.is_set()
+
     def supervises(self, session_id: str) -> bool:
         """Whether this manager runs (or queues) the session now."""
         sup = self._agents.get(session_id)

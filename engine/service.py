@@ -311,6 +311,13 @@ class DelegationService:
         if st.status in TERMINAL_STATUSES:
             raise SessionNotRunning(f"session {session_id} is {st.status}; spawn a new delegation instead")
         self._here(st, "send a message to")
+        if not self.manager.can_send(session_id):  # checked first: a message.sent is a message delivered
+            raise SessionNotRunning(
+                f"session {session_id} is {st.status}: its agent has not started yet (it waits for a "
+                "slot); send the message once it runs, or stop it and delegate again"
+                if st.status == "queued"
+                else f"session {session_id} is {st.status} and has no running agent here to take a message"
+            )
         await record(
             self.ledger,
             session_id,

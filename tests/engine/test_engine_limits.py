@@ -32,6 +32,7 @@ from engine_support import (
     wait_until,
 )
 from fastmcp import Client
+from fastmcp.exceptions import ToolError
 
 from engine.runtime import Engine
 from engine.scripted_model import EchoToolResultStep, HangStep, ScriptedModel, TextStep, ToolCallStep, Usage
@@ -309,7 +310,7 @@ class TestQueueing:
     async def test_fifo_with_one_slot(self, tmp_path: Path, scripted_model: ScriptedModel) -> None:
         """With max_concurrent=1 the second delegation waits (queued) and starts after the first ended."""
         a, b = uid("FIFOA"), uid("FIFOB")
-        scripted_model.add([TextStep(text="A done", delay=1.5)], match=a)
+        scripted_model.add([TextStep(text="A done", delay=4.0)], match=a)  # B stays queued meanwhile
         scripted_model.add([TextStep(text="B done")], match=b)
         project = tmp_path / "project"
         async with asyncio.timeout(120), running_engine(tmp_path, scripted_model, max_concurrent=1) as engine:
@@ -321,8 +322,11 @@ class TestQueueing:
             assert led.session(sb).status == "queued"  # type: ignore[union-attr]
             async with Client(engine.mcp) as c:
                 active = (await c.call_tool("list_active_sessions", {})).data
-            assert active["stats"]["queued"] == 1
-            assert active["stats"]["holding_slots"] == 1
+                assert active["stats"]["queued"] == 1
+                assert active["stats"]["holding_slots"] == 1
+                with pytest.raises(ToolError, match="has not started yet"):  # nothing sent, nothing recorded
+                    await c.call_tool("send_to_agent", {"session_id": sb, "message": "hurry"})
+            assert "message.sent" not in types_of(led, sb)
             await settle(engine, 90)
             assert led.session(sa).status == "completed"
             assert led.session(sb).status == "completed"

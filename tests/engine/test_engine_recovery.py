@@ -108,6 +108,12 @@ async def ledger_serve(
         proc.wait(10)
 
 
+async def spawn_reviewer(client: Client, base: Path, marker: str) -> str:
+    """A reviewer delegation in ``base``'s project whose model conversation is ``marker``'s."""
+    request = root_request(base / "project", "reviewer", f"{marker} review")
+    return str((await client.call_tool("spawn_agent", request)).data["session_id"])
+
+
 class TestCrash:
     async def test_sigkill_mid_delegation_then_restart(
         self, tmp_path: Path, scripted_model: ScriptedModel, marker: str
@@ -177,11 +183,7 @@ class TestCrash:
         async with asyncio.timeout(90):
             async with ledger_serve(tmp_path, scripted_model) as (proc, url, token):
                 async with Client(url, auth=token) as c:
-                    sid = (
-                        await c.call_tool(
-                            "spawn_agent", root_request(tmp_path / "project", "reviewer", f"{marker} review")
-                        )
-                    ).data["session_id"]
+                    sid = await spawn_reviewer(c, tmp_path, marker)
                     await asyncio.to_thread(
                         scripted_model.wait_for_completions, 1, conversation=marker, timeout=60
                     )
@@ -211,11 +213,7 @@ class TestGracefulStop:
                 led = engine.ledger
                 assert led is not None
                 async with Client(engine.mcp) as c:
-                    sid = (
-                        await c.call_tool(
-                            "spawn_agent", root_request(tmp_path / "project", "reviewer", f"{marker} review")
-                        )
-                    ).data["session_id"]
+                    sid = await spawn_reviewer(c, tmp_path, marker)
                     roles = (await c.call_tool("list_available_agent_roles", {})).data["roles"]
                 assert "build" in {r["name"] for r in roles}  # the discovery server answered
                 await wait_status(led, sid, {"running"})
@@ -431,11 +429,7 @@ class TestTwoEngines:
                 led = first_engine.ledger
                 assert led is not None
                 async with Client(first_engine.mcp) as c:
-                    sid = (
-                        await c.call_tool(
-                            "spawn_agent", root_request(tmp_path / "project", "reviewer", f"{marker} review")
-                        )
-                    ).data["session_id"]
+                    sid = await spawn_reviewer(c, tmp_path, marker)
                 await wait_status(led, sid, {"running"})
                 st = led.session(sid)
                 assert st is not None
@@ -475,11 +469,7 @@ class TestTwoEngines:
             ):
                 led = owner.ledger
                 assert led is not None
-                sid = (
-                    await mine.call_tool(
-                        "spawn_agent", root_request(tmp_path / "project", "reviewer", f"{marker} review")
-                    )
-                ).data["session_id"]
+                sid = await spawn_reviewer(mine, tmp_path, marker)
                 await wait_status(led, sid, {"running"})
                 before = types_of(led, sid)
                 for tool, args in (
