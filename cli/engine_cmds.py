@@ -76,6 +76,14 @@ def serve(
             "~350 MB each; 0 = start each agent's server cold).",
         ),
     ] = 2,
+    keep_agent_state: Annotated[
+        bool,
+        typer.Option(
+            "--keep-agent-state",
+            help="Keep each ended agent's OpenCode state (its database, temporary files) beside its "
+            "opencode.log in the work dir (default: only the log stays).",
+        ),
+    ] = False,
 ) -> None:
     """Run the MCP server (stdio for a local client; streamable HTTP on loopback with a bearer token)."""
     from engine.recovery import summary as recovery_summary
@@ -99,6 +107,7 @@ def serve(
         work_dir=work_dir,
         default_timeout_s=timeout,
         pool_size=pool_size,
+        keep_agent_state=keep_agent_state,
     )
     configure_telemetry()
 

@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterable, Mapping
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,6 +99,8 @@ class OpenCodeAgent:
         self._stream: Any = None
         self._mapper: EventMapper | None = None
         self._backlog: list[OpenCodeEvent] = []
+        #: tidies the agent's state folders once its server is gone (set by the backend)
+        self.tidy: Callable[[], None] | None = None
 
     async def open_events(self) -> None:
         self._stream = await self._stack.enter_async_context(self.client.events())
@@ -155,6 +159,10 @@ class OpenCodeAgent:
             await self.service.stop(abort_sessions=False)
         elif self.adopted is not None:
             await self.adopted.stop()
+        if self.tidy is not None:
+            tidy, self.tidy = self.tidy, None
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(tidy)
 
 
 class OpenCodeBackend:
@@ -173,6 +181,7 @@ class OpenCodeBackend:
         pool_size: int = 0,
         pool_warmup: bool = True,
         tokens: SessionTokens | None = None,
+        keep_state: bool = False,
     ) -> None:
         """``tokens``: the registry our MCP server checks; agents get their tokens from it."""
         self.state_root = Path(state_root)
@@ -192,6 +201,7 @@ class OpenCodeBackend:
         self._pool_run = secrets.token_hex(4)
         self.pool = OpenCodePool(pool_size, self._pooled_service, self._warm if self._warmup else None)
         self.tokens = tokens
+        self.keep_state = keep_state
         #: our MCP server's URL for pooled servers to connect to while they warm up (``start_pool``)
         self.mcp_url: str | None = None
         self._prepared: dict[OpenCodeService, Prepared] = {}
@@ -325,6 +335,7 @@ class OpenCodeBackend:
                     "opencode_state_dir": str(service.state_dir),
                 },
             )
+            agent.tidy = functools.partial(self._tidy, state_dir, service.state_dir)
         except BaseException:
             if agent is not None:
                 await agent.close()  # closes the event stream and stops the server
@@ -380,6 +391,10 @@ class OpenCodeBackend:
             return None
         client = OpenCodeClient(creds["url"], creds["password"], directory=creds.get("directory"))
         agent = OpenCodeAgent(None, client, opencode_session_id, None, pid, creds["url"], adopted=adopted)
+        server_dir = creds.get("opencode_state_dir")
+        agent.tidy = functools.partial(
+            self._tidy, self.state_root / session_id, Path(server_dir) if server_dir else None
+        )
         try:
             await client.health(timeout=3)
             await client.get_session(opencode_session_id)
@@ -397,6 +412,27 @@ class OpenCodeBackend:
                 self.tokens.revoke(session_id)
             raise
         return agent
+
+    def _tidy(self, session_dir: Path, server_dir: Path | None) -> None:
+        """After an agent's server is gone: its credentials go; unless ``keep_state``, so does the rest
+        of its OpenCode state (database, temporary files; a pooled server's whole folder), except its
+        opencode.log, which stays in the session's folder."""
+        (session_dir / "server.json").unlink(missing_ok=True)
+        if self.keep_state or server_dir is None:
+            return
+        log_file = server_dir / "opencode.log"
+        if server_dir != session_dir:  # a pooled server's folder: the log moves to the session's
+            if log_file.exists():
+                session_dir.mkdir(parents=True, exist_ok=True)
+                shutil.move(log_file, session_dir / "opencode.log")
+            shutil.rmtree(server_dir, ignore_errors=True)
+            return
+        for item in server_dir.iterdir():
+            if item.name != "opencode.log":
+                if item.is_dir() and not item.is_symlink():
+                    shutil.rmtree(item, ignore_errors=True)
+                else:
+                    item.unlink(missing_ok=True)
 
     async def _healthy(self, svc: OpenCodeService) -> bool:
         """A long-lived server misbehaves when it died, stops answering, or grows past its memory ceiling."""

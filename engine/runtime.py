@@ -70,6 +70,7 @@ class Engine:
             stop_grace=s.stop_grace_s,
             pool_size=s.pool_size,
             pool_warmup=s.pool_warmup,
+            keep_state=s.keep_agent_state,
             tokens=self.tokens,
         )
         self.engine_id = new_engine_id()

@@ -40,6 +40,9 @@ class EngineSettings:
     pool_size: int = 2
     #: pay the first turn's CPU in the pool with a throwaway exchange (never reaches the real model)
     pool_warmup: bool = True
+    #: keep an ended agent's OpenCode state (its own database, temporary files: ~6 MB each in isolated
+    #: mode) instead of only its opencode.log; the ledger holds the record either way
+    keep_agent_state: bool = False
 
 
 def load_constitution_file(settings: EngineSettings) -> Constitution:

@@ -236,6 +236,10 @@ class TestRunningAgent:
         active = (await client.call_tool("list_active_sessions", {})).data
         assert sid not in {s["session_id"] for s in active["sessions"]}
         await wait_until(lambda: not Path(f"/proc/{pid}").exists(), 15, "the stopped agent's server to exit")
+        folder = engine.settings.work_dir / sid  # type: ignore[operator]
+        await wait_until(
+            lambda: sorted(p.name for p in folder.iterdir()) == ["opencode.log"], 10, "its state to go"
+        )  # its OpenCode state and credentials are gone; its log stays
 
     async def test_stops_at_once_end_the_agent_once(
         self, client: Client[Any], engine: Engine, project: Path, module_model: ScriptedModel, marker: str

@@ -189,7 +189,7 @@ async def test_a_pooled_agent_works_in_its_project_with_its_token(
     async with running_engine(tmp_path, scripted_model, pool_size=1) as engine:
         backend = engine.service.backend  # type: ignore[union-attr]
         assert await backend.pool.wait_ready(timeout=120)
-        [ready] = backend._prepared.values()  # connected while warming up, in the allowed root
+        [(server, ready)] = backend._prepared.items()  # connected while warming up, in the allowed root
         assert ready.directory == str(project)
         minted = ready.token
         assert minted is not None
@@ -224,6 +224,9 @@ async def test_a_pooled_agent_works_in_its_project_with_its_token(
         spawned = first(led, sid, "agent.spawned")["opencode_session_id"]
         assert (ready.agent.opencode_session_id == spawned) == (where == "warmed")
         assert engine.tokens.lookup(minted) == (False, None)  # revoked with its session, or dropped
+        # the pooled server's folder is gone; its log is in the agent's folder, without credentials
+        await wait_until(lambda: not server.state_dir.exists(), 10, "the pooled server's folder to go")
+        assert sorted(p.name for p in (tmp_path / "agents" / sid).iterdir()) == ["opencode.log"]
 
 
 @pytest.mark.asyncio
