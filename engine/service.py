@@ -318,12 +318,27 @@ class DelegationService:
                 if st.status == "queued"
                 else f"session {session_id} is {st.status} and has no running agent here to take a message"
             )
-        await record(
+        sent = await record(
             self.ledger,
             session_id,
             MessageSent(session_id=session_id, text=text, sender=caller or "delegator"),
         )
-        await self.manager.send(session_id, text)
+        try:
+            await self.manager.send(session_id, text)
+        except Exception as exc:  # recorded first (never missing from the ledger); its failure is too
+            why = f"{type(exc).__name__}: {exc}"
+            await record(
+                self.ledger,
+                session_id,
+                OperatorNote(
+                    text=f"the message recorded at seq {sent.seq} did not reach the agent ({why})",
+                    by="engine",
+                    kind="incident",
+                ),
+            )
+            raise SessionNotRunning(
+                f"the message to session {session_id} did not reach its agent ({why}); the ledger says so"
+            ) from exc
 
     async def stop(self, session_id: str, reason: str, by: str | None) -> SessionState:
         self._here(self.check_access(by, session_id), "stop")

@@ -7,6 +7,8 @@ The ct_dev fixture request is sent exactly as given (only its project_directory 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -262,6 +264,30 @@ class TestRunningAgent:
         assert types_of(led, sid).count("agent.stopped") == 1
         assert first(led, sid, "agent.stopped")["reason"] in {"stop 0", "stop 1", "stop 2"}
         await wait_until(lambda: not Path(f"/proc/{pid}").exists(), 15, "the stopped agent's server to exit")
+
+    async def test_a_message_that_cannot_be_delivered_is_never_left_unexplained(
+        self, client: Client[Any], engine: Engine, project: Path, module_model: ScriptedModel, marker: str
+    ) -> None:
+        """The agent's server dies (kill -9) and a message is sent at once: it is refused before anything
+        is recorded (the engine already saw the death), or its message.sent is followed by an incident
+        note saying it did not reach the agent; the client gets an error either way."""
+        module_model.add([HangStep(keepalive=0.2)], match=marker)
+        sid = (
+            await client.call_tool("spawn_agent", root_request(project, "reviewer", f"{marker} review"))
+        ).data["session_id"]
+        led = engine.ledger
+        assert led is not None
+        await wait_status(led, sid, {"running"})
+        await asyncio.to_thread(module_model.wait_for_completions, 1, conversation=marker, timeout=60)
+        os.kill(first(led, sid, "agent.spawned")["pid"], signal.SIGKILL)
+        with pytest.raises(ToolError, match=r"did not reach its agent|no running agent|is failed"):
+            await client.call_tool("send_to_agent", {"session_id": sid, "message": "still there?"})
+        sent = [e.seq for e in led.entries(stream=sid, types=["message.sent"])]
+        notes = [d["text"] for _, d in events(led, sid, ["operator.note"])]
+        assert len(notes) == len(sent)
+        for seq, note in zip(sent, notes, strict=True):
+            assert f"recorded at seq {seq} did not reach the agent" in note
+        await wait_status(led, sid, {"failed", "stopped", "completed"}, 30)
 
 
 class TestRefusals:
