@@ -9,6 +9,7 @@ import time
 
 from engine.manager import AgentManager
 from engine.owner import engine_alive
+from engine.refusals import OtherEngineGone
 from ledger import Ledger
 from schemas.events import TERMINAL_STATUSES
 from schemas.state import SessionState
@@ -29,12 +30,19 @@ def other_engine(st: SessionState, engine_id: str | None) -> str | None:
 
 
 async def wait_on_ledger(ledger: Ledger, session_id: str, timeout: float | None) -> bool:
-    """Wait until the ledger shows the session ended (another engine records it); False on timeout."""
+    """Wait until the ledger shows the session ended (another engine records it); False on timeout.
+    OtherEngineGone when that engine stops without recording the end (it died)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         st = ledger.session(session_id)
         if st is None or st.status in TERMINAL_STATUSES:
             return True
+        if st.engine is not None and not engine_alive(st.engine):
+            raise OtherEngineGone(
+                f"the engine that ran session {session_id} (process {st.engine.split('/')[1]}) stopped "
+                f"without recording its end ({st.status}); the next start of `ledger serve` on this "
+                "ledger settles it (re-attached, or recorded as interrupted)"
+            )
         if deadline is not None and time.monotonic() >= deadline:
             return False
         await asyncio.sleep(

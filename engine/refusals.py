@@ -39,3 +39,7 @@ class SessionNotRunning(DelegationError):
 
 class OtherEngine(DelegationError):
     """The session runs under another engine that still runs on the same ledger."""
+
+
+class OtherEngineGone(DelegationError):
+    """The engine that ran the session stopped without recording its end."""

@@ -291,8 +291,12 @@ class DelegationService:
         """Wait until the session is terminal or `timeout` passes; the caller's slot serves others meanwhile."""
         st = self.check_access(caller, session_id)
         async with self.manager.lend_slot(self.parent_of(caller)):
-            if not self.manager.supervises(session_id) and other_engine(st, self.engine_id):
-                done = await wait_on_ledger(self.ledger, session_id, timeout)  # the other engine records it
+            if (
+                not self.manager.supervises(session_id)
+                and st.status not in TERMINAL_STATUSES
+                and st.engine not in (None, self.engine_id)
+            ):  # another engine's (alive: it records the end; gone: OtherEngineGone)
+                done = await wait_on_ledger(self.ledger, session_id, timeout)
             else:
                 done = await self.manager.wait(session_id, timeout)
         return self.state(session_id), done

@@ -493,3 +493,31 @@ class TestTwoEngines:
                 await wait_until(lambda: not Path(f"/proc/{pid}").exists(), 15, "the agent's server to stop")
                 assert led.session(sid).status == "revoked"  # type: ignore[union-attr]
         assert opencode_processes(tmp_path / "agents") == []
+
+    async def test_waiting_on_a_session_whose_engine_died_says_so(
+        self, tmp_path: Path, scripted_model: ScriptedModel, marker: str
+    ) -> None:
+        """An engine waits for a session that `ledger serve` (another process) runs; that process is
+        killed with -9: the wait ends at once with an error saying the next start settles it, and a
+        wait begun afterwards says the same (never "done" on a session still shown as running)."""
+        scripted_model.add([HangStep(keepalive=0.2)], match=marker)
+        async with asyncio.timeout(120), running_engine(tmp_path, scripted_model) as watcher:
+            async with ledger_serve(tmp_path, scripted_model) as (proc, url, token):
+                async with Client(url, auth=token) as c:
+                    sid = await spawn_reviewer(c, tmp_path, marker)
+                    await asyncio.to_thread(
+                        scripted_model.wait_for_completions, 1, conversation=marker, timeout=60
+                    )
+                async with Client(watcher.mcp) as mine:
+                    waiting = asyncio.create_task(
+                        mine.call_tool("wait_for_agent", {"session_id": sid, "timeout_seconds": 60})
+                    )
+                    await asyncio.sleep(1.0)
+                    assert not waiting.done()  # the other engine is alive: waiting on the ledger
+                    proc.send_signal(signal.SIGKILL)
+                    assert proc.wait(10) == -signal.SIGKILL
+                    with pytest.raises(ToolError, match="stopped without recording its end"):
+                        await asyncio.wait_for(waiting, 10)
+                    with pytest.raises(ToolError, match="next start of `ledger serve`"):
+                        await mine.call_tool("wait_for_agent", {"session_id": sid, "timeout_seconds": 5})
+            await wait_no_opencode(tmp_path / "agents", 20)
