@@ -31,6 +31,7 @@ token for the agent's session, and catches up with what the session did while no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import itertools
 import json
@@ -320,6 +321,31 @@ class OpenCodeBackend:
                 self.tokens.revoke(session_id)
             raise
         return agent
+
+    def leftovers(self) -> list[str]:
+        """Sessions whose credentials are still on disk: their agent never ended here (an ended
+        agent's are removed), so their server may still run."""
+        if not self.state_root.is_dir():
+            return []
+        return sorted(p.parent.name for p in self.state_root.glob("*/server.json"))
+
+    async def stop_leftover(self, session_id: str) -> bool:
+        """Stop the server of ``session_id`` if it still runs and is the one its credentials name (True
+        then), and tidy its folders; for a session that ended while no engine could stop its server."""
+        session_dir = self.state_root / session_id
+        try:
+            creds = json.loads((session_dir / "server.json").read_text())
+        except (OSError, ValueError):
+            return False
+        server_dir = Path(creds["opencode_state_dir"]) if creds.get("opencode_state_dir") else None
+        adopted = None
+        if isinstance(creds.get("pid"), int) and isinstance(creds.get("password"), str):
+            adopted = AdoptedServer.adopt(creds["pid"], creds["password"], self.stop_grace)
+        if adopted is not None:
+            await adopted.stop()
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self._tidy, session_dir, server_dir)
+        return adopted is not None
 
     def _tidy(self, session_dir: Path, server_dir: Path | None) -> None:
         """After an agent's server is gone: its credentials go; unless ``keep_state``, so does the rest

@@ -18,7 +18,7 @@ from engine.backend import AgentBackend
 from engine.manager import record
 from engine.owner import engine_alive
 from ledger import Ledger
-from schemas.events import LIVE_STATUSES, SessionInterrupted
+from schemas.events import LIVE_STATUSES, TERMINAL_STATUSES, SessionInterrupted
 
 
 def recorded(ledger: Ledger, session_id: str) -> tuple[set[str], set[str]]:
@@ -79,7 +79,9 @@ async def recover(
         )
         await record(ledger, st.session_id, SessionInterrupted(session_id=st.session_id, reason=reason))
         interrupted.append(st.session_id)
+    stopped = await _stop_leftovers(ledger, backend, engine_id, {sid for sid, _ in attached})
     return {
+        "leftover_servers_stopped": stopped,
         "replay_drift": len(check.drift),
         "repaired": repaired,
         "attached": attached,
@@ -106,6 +108,25 @@ async def supervise_again(ledger: Ledger, result: dict[str, Any], adopt: Callabl
             result["interrupted"].append(sid)
 
 
+async def _stop_leftovers(
+    ledger: Ledger, backend: AgentBackend, engine_id: str | None, attached: set[str]
+) -> list[str]:
+    """Servers of sessions that ended (the ledger says so) while no engine could stop them, e.g.
+    revoked while their engine and watchdog were dead: stopped. Those of a live engine, and the ones
+    just re-attached, are not touched. Returns the sessions whose server was stopped."""
+    stopped = []
+    for sid in backend.leftovers():
+        st = ledger.session(sid)
+        if sid in attached or (st is not None and st.status not in TERMINAL_STATUSES):
+            continue  # live: re-attached, or settled above
+        if st is not None and st.engine not in (None, engine_id) and engine_alive(st.engine):
+            continue  # its engine runs: it stops the server itself
+        with contextlib.suppress(Exception):
+            if await backend.stop_leftover(sid):
+                stopped.append(sid)
+    return stopped
+
+
 def summary(result: dict[str, Any]) -> str | None:
     """One line for the operator about what ``recover`` settled; None when there was nothing to do."""
     parts = []
@@ -113,6 +134,10 @@ def summary(result: dict[str, Any]) -> str | None:
         parts.append(f"{len(result['reattached'])} running agent(s) re-attached")
     if result.get("interrupted"):
         parts.append(f"{len(result['interrupted'])} session(s) recorded as interrupted")
+    if result.get("leftover_servers_stopped"):
+        parts.append(
+            f"{len(result['leftover_servers_stopped'])} leftover server(s) of ended sessions stopped"
+        )
     if result.get("left_to_their_engine"):
         parts.append(
             f"{len(result['left_to_their_engine'])} session(s) left to the engine that still runs them"

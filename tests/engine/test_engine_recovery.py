@@ -40,6 +40,7 @@ from engine.opencode_client import OpenCodeClient
 from engine.recovery import summary as recovery_summary
 from engine.scripted_model import EchoToolResultStep, HangStep, ScriptedModel, TextStep, ToolCallStep
 from ledger import Ledger
+from schemas.events import DelegationRevoked
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio, pytest.mark.usefixtures("quiet_logfire")]
 
@@ -521,3 +522,29 @@ class TestTwoEngines:
                     with pytest.raises(ToolError, match="next start of `ledger serve`"):
                         await mine.call_tool("wait_for_agent", {"session_id": sid, "timeout_seconds": 5})
             await wait_no_opencode(tmp_path / "agents", 20)
+
+    async def test_the_server_of_a_session_that_ended_while_no_engine_ran_is_stopped(
+        self, tmp_path: Path, scripted_model: ScriptedModel, marker: str
+    ) -> None:
+        """The session is revoked (`ledger` API) while its engine and watchdog are dead and its server
+        still runs: the next engine stops that server (it is ours: its password matches) and tidies
+        the session's folder, without re-attaching or interrupting anything."""
+        scripted_model.add([HangStep(keepalive=0.2)], match=marker)
+        request = root_request(tmp_path / "project", "reviewer", f"{marker} review")
+        async with asyncio.timeout(120):
+            async with outliving_agent(tmp_path, scripted_model, request, marker) as (sid, pid):
+                with Ledger.open(tmp_path / "ledger.db", create=False) as led:
+                    led.append(
+                        sid, DelegationRevoked(session_id=sid, by="operator", reason="revoked offline")
+                    )
+                async with running_engine(tmp_path, scripted_model) as engine:
+                    assert engine.recovery["leftover_servers_stopped"] == [sid]
+                    assert engine.recovery["reattached"] == []
+                    assert engine.recovery["interrupted"] == []
+                    assert recovery_summary(engine.recovery) == (
+                        "recovery after a restart: 1 leftover server(s) of ended sessions stopped"
+                    )
+                    await wait_until(lambda: server_gone(pid), 10, "the leftover server to stop")
+                    assert sorted(p.name for p in (tmp_path / "agents" / sid).iterdir()) == ["opencode.log"]
+                    assert engine.ledger.session(sid).status == "revoked"  # type: ignore[union-attr]
+        assert opencode_processes(tmp_path / "agents") == []
