@@ -38,6 +38,7 @@ from fastmcp.exceptions import ToolError
 from engine.refusals import DelegationRefused
 from engine.runtime import Engine
 from engine.scripted_model import HangStep, ScriptedModel, TextStep, ToolCallStep, Usage
+from ledger import Ledger
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -206,18 +207,26 @@ class TestFixtureRequest:
         assert ghost in await call_error(client, "query_session", {"session_id": ghost})
 
 
+async def hanging_reviewer(
+    client: Client[Any], engine: Engine, project: Path, model: ScriptedModel, marker: str
+) -> tuple[Ledger, str]:
+    """A reviewer whose model never answers, running: (the ledger, its session id)."""
+    model.add([HangStep(keepalive=0.2)], match=marker)
+    request = root_request(project, "reviewer", f"{marker} review")
+    sid = (await client.call_tool("spawn_agent", request)).data["session_id"]
+    led = engine.ledger
+    assert led is not None
+    await wait_status(led, sid, {"running"})
+    await asyncio.to_thread(model.wait_for_completions, 1, conversation=marker, timeout=60)
+    return led, sid
+
+
 class TestRunningAgent:
     async def test_active_send_and_stop(
         self, client: Client[Any], engine: Engine, project: Path, module_model: ScriptedModel, marker: str
     ) -> None:
         """A running agent is listed as active, takes a follow-up message, and stop_agent ends it."""
-        module_model.add([HangStep(keepalive=0.2)], match=marker)
-        req = root_request(project, "reviewer", f"{marker} review the OAuth2 change")
-        sid = (await client.call_tool("spawn_agent", req)).data["session_id"]
-        led = engine.ledger
-        assert led is not None
-        await wait_status(led, sid, {"running"})
-        await asyncio.to_thread(module_model.wait_for_completions, 1, conversation=marker, timeout=60)
+        led, sid = await hanging_reviewer(client, engine, project, module_model, marker)
         active = (await client.call_tool("list_active_sessions", {})).data
         mine = [s for s in active["sessions"] if s["session_id"] == sid]
         assert mine
@@ -248,14 +257,7 @@ class TestRunningAgent:
     ) -> None:
         """Three stop_agent calls at once (a delegator, a revocation, a shutdown may race): the first
         one's reason is recorded once and its clean-up, server stop included, is not cut short."""
-        module_model.add([HangStep(keepalive=0.2)], match=marker)
-        sid = (
-            await client.call_tool("spawn_agent", root_request(project, "reviewer", f"{marker} review"))
-        ).data["session_id"]
-        led = engine.ledger
-        assert led is not None
-        await wait_status(led, sid, {"running"})
-        await asyncio.to_thread(module_model.wait_for_completions, 1, conversation=marker, timeout=60)
+        led, sid = await hanging_reviewer(client, engine, project, module_model, marker)
         pid = first(led, sid, "agent.spawned")["pid"]
         answers = await asyncio.gather(
             *(client.call_tool("stop_agent", {"session_id": sid, "reason": f"stop {i}"}) for i in range(3))
@@ -271,14 +273,7 @@ class TestRunningAgent:
         """The agent's server dies (kill -9) and a message is sent at once: it is refused before anything
         is recorded (the engine already saw the death), or its message.sent is followed by an incident
         note saying it did not reach the agent; the client gets an error either way."""
-        module_model.add([HangStep(keepalive=0.2)], match=marker)
-        sid = (
-            await client.call_tool("spawn_agent", root_request(project, "reviewer", f"{marker} review"))
-        ).data["session_id"]
-        led = engine.ledger
-        assert led is not None
-        await wait_status(led, sid, {"running"})
-        await asyncio.to_thread(module_model.wait_for_completions, 1, conversation=marker, timeout=60)
+        led, sid = await hanging_reviewer(client, engine, project, module_model, marker)
         os.kill(first(led, sid, "agent.spawned")["pid"], signal.SIGKILL)
         with pytest.raises(ToolError, match=r"did not reach its agent|no running agent|is failed"):
             await client.call_tool("send_to_agent", {"session_id": sid, "message": "still there?"})
