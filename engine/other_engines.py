@@ -8,7 +8,7 @@ import contextlib
 import time
 
 from engine.manager import AgentManager
-from engine.owner import engine_alive
+from engine.owner import engine_alive, engine_pid, runs_elsewhere
 from engine.refusals import OtherEngineGone
 from ledger import Ledger
 from schemas.events import TERMINAL_STATUSES
@@ -21,12 +21,9 @@ POLL_S = 0.25
 def other_engine(st: SessionState, engine_id: str | None) -> str | None:
     """A description of the other, still running engine that runs ``st``; None when it is this one's,
     ended, or its engine is gone."""
-    if st.status in TERMINAL_STATUSES or st.engine is None or st.engine == engine_id:
+    if st.status in TERMINAL_STATUSES or not runs_elsewhere(st.engine, engine_id):
         return None
-    if not engine_alive(st.engine):
-        return None
-    pid = st.engine.split("/")[1]
-    return f"the engine of process {pid} ({st.engine})"
+    return f"the engine of process {engine_pid(st.engine or '')} ({st.engine})"
 
 
 async def wait_on_ledger(ledger: Ledger, session_id: str, timeout: float | None) -> bool:
@@ -39,7 +36,7 @@ async def wait_on_ledger(ledger: Ledger, session_id: str, timeout: float | None)
             return True
         if st.engine is not None and not engine_alive(st.engine):
             raise OtherEngineGone(
-                f"the engine that ran session {session_id} (process {st.engine.split('/')[1]}) stopped "
+                f"the engine that ran session {session_id} (process {engine_pid(st.engine)}) stopped "
                 f"without recording its end ({st.status}); the next start of `ledger serve` on this "
                 "ledger settles it (re-attached, or recorded as interrupted)"
             )

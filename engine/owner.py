@@ -71,3 +71,14 @@ def engine_alive(engine_id: str) -> bool:
         return engine_id in _running
     now = _start_ticks(int(pid))
     return now is not None and (now == ticks or "?" in (now, ticks))
+
+
+def runs_elsewhere(engine_id: str | None, mine: str | None) -> bool:
+    """Whether ``engine_id`` names an engine other than ``mine`` that still runs."""
+    return engine_id is not None and engine_id != mine and engine_alive(engine_id)
+
+
+def engine_pid(engine_id: str) -> str:
+    """The process id in an engine id (for messages)."""
+    parts = engine_id.split("/")
+    return parts[1] if len(parts) == 4 else "?"

@@ -4,8 +4,9 @@ A session recorded as running is re-attached when its OpenCode server and sessio
 alive (the server then outlived its watchdog, which normally ends it with the engine); otherwise
 it is recorded as interrupted. A queued session (approved, never started) is interrupted too. No
 session stays "running" forever. Sessions of another engine that still runs on the same ledger
-(two MCP clients, each with its own `ledger serve`) are left to it. A re-attached agent reaches this engine's MCP server with a new
-token, and what it did while no engine listened is recorded once, when the engine catches up.
+(two MCP clients, each with its own `ledger serve`) are left to it. A re-attached agent reaches
+this engine's MCP server with a new token, and what it did while no engine listened is recorded
+once, when the engine catches up. Servers left by sessions that ended meanwhile are stopped.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from engine.backend import AgentBackend
 from engine.manager import record
-from engine.owner import engine_alive
+from engine.owner import runs_elsewhere
 from ledger import Ledger
 from schemas.events import LIVE_STATUSES, TERMINAL_STATUSES, SessionInterrupted
 
@@ -51,7 +52,7 @@ async def recover(
     interrupted: list[str] = []
     others: list[str] = []
     for st in ledger.sessions(statuses=LIVE_STATUSES):
-        if st.engine is not None and st.engine != engine_id and engine_alive(st.engine):
+        if runs_elsewhere(st.engine, engine_id):
             others.append(st.session_id)
             continue
         agent = None
@@ -119,7 +120,7 @@ async def _stop_leftovers(
         st = ledger.session(sid)
         if sid in attached or (st is not None and st.status not in TERMINAL_STATUSES):
             continue  # live: re-attached, or settled above
-        if st is not None and st.engine not in (None, engine_id) and engine_alive(st.engine):
+        if st is not None and runs_elsewhere(st.engine, engine_id):
             continue  # its engine runs: it stops the server itself
         with contextlib.suppress(Exception):
             if await backend.stop_leftover(sid):
