@@ -38,7 +38,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -287,12 +287,8 @@ class OpenCodeBackend:
         server is then this engine's: guarded, connected to ``mcp_url`` with a new token, and stopped
         when the agent ends. Its event stream starts with what the session did meanwhile, minus
         ``recorded_calls`` and ``recorded_messages``."""
-        creds_path = self.state_root / session_id / "server.json"
-        try:
-            creds = json.loads(creds_path.read_text())
-        except (OSError, ValueError):
-            return None
-        if pid is None or creds.get("pid") != pid:
+        creds = self._credentials(session_id)
+        if creds is None or pid is None or creds.get("pid") != pid:
             return None
         # ours (its environment holds the recorded password) and alive, or nothing to do
         adopted = AdoptedServer.adopt(pid, creds["password"], self.stop_grace)
@@ -300,10 +296,7 @@ class OpenCodeBackend:
             return None
         client = OpenCodeClient(creds["url"], creds["password"], directory=creds.get("directory"))
         agent = OpenCodeAgent(None, client, opencode_session_id, None, pid, creds["url"], adopted=adopted)
-        server_dir = creds.get("opencode_state_dir")
-        agent.tidy = functools.partial(
-            self._tidy, self.state_root / session_id, Path(server_dir) if server_dir else None
-        )
+        agent.tidy = self._tidy_of(session_id, creds)
         try:
             await client.health(timeout=3)
             await client.get_session(opencode_session_id)
@@ -332,20 +325,32 @@ class OpenCodeBackend:
     async def stop_leftover(self, session_id: str) -> bool:
         """Stop the server of ``session_id`` if it still runs and is the one its credentials name (True
         then), and tidy its folders; for a session that ended while no engine could stop its server."""
-        session_dir = self.state_root / session_id
-        try:
-            creds = json.loads((session_dir / "server.json").read_text())
-        except (OSError, ValueError):
+        creds = self._credentials(session_id)
+        if creds is None:
             return False
-        server_dir = Path(creds["opencode_state_dir"]) if creds.get("opencode_state_dir") else None
         adopted = None
         if isinstance(creds.get("pid"), int) and isinstance(creds.get("password"), str):
             adopted = AdoptedServer.adopt(creds["pid"], creds["password"], self.stop_grace)
         if adopted is not None:
             await adopted.stop()
         with contextlib.suppress(OSError):
-            await asyncio.to_thread(self._tidy, session_dir, server_dir)
+            await asyncio.to_thread(self._tidy_of(session_id, creds))
         return adopted is not None
+
+    def _credentials(self, session_id: str) -> dict[str, Any] | None:
+        """The agent's server.json (written by ``start``); None when it is missing or unreadable."""
+        try:
+            creds = json.loads((self.state_root / session_id / "server.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return creds if isinstance(creds, dict) else None
+
+    def _tidy_of(self, session_id: str, creds: Mapping[str, Any]) -> Callable[[], None]:
+        """The tidy-up of a session's folders, its server's folder taken from its credentials."""
+        server_dir = creds.get("opencode_state_dir")
+        return functools.partial(
+            self._tidy, self.state_root / session_id, Path(server_dir) if server_dir else None
+        )
 
     def _tidy(self, session_dir: Path, server_dir: Path | None) -> None:
         """After an agent's server is gone: its credentials go; unless ``keep_state``, so does the rest
