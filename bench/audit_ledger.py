@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -264,7 +263,9 @@ class Builder:
 
 
 def build(path: Path, delegations: int) -> tuple[Ledger, gate.Constitution, dict[str, int]]:
-    project = tempfile.mkdtemp(prefix="audit-bench-project-")
+    folder = path.parent / "project"  # beside the ledger: it goes with the caller's temporary folder
+    folder.mkdir(exist_ok=True)
+    project = str(folder)
     constitution = gate.load_constitution(f'allowed_roots = ["{project}"]\nmax_depth = 3\n', source="bench")
     led = Ledger.init(path, durable=False)
     b = Builder(led, constitution, project)

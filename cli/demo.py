@@ -297,7 +297,7 @@ def _render(
 
     root = Tree("main agent (MCP client over stdio)")
     add(root, tree)
-    out.print(root)
+    out.print(root, soft_wrap=False)  # a soft-wrapping console would crop a long branch
     _step(f"verify: {entries} entries, every link and payload hash checked; signed checkpoint:")
     out.print("  " + note.rstrip().replace("\n", "\n  "))
     out.print("  events: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))

@@ -193,5 +193,6 @@ def renderables(env: dict[str, Any]) -> Group:
 
 def render_text(env: dict[str, Any], *, width: int = 160) -> str:
     buf = io.StringIO()
-    Console(file=buf, width=width, color_system=None, highlight=False, soft_wrap=True).print(renderables(env))
+    console = Console(file=buf, width=width, color_system=None, highlight=False)
+    console.print(renderables(env))  # wrapped at `width`, never cropped (soft wrapping crops a tree's branches)
     return buf.getvalue()

@@ -61,6 +61,21 @@ def test_text(rendered: dict[str, tuple[int, str]], chain: Chain) -> None:
     assert "│   └── tester ← backend_specialist" in text
 
 
+def test_text_wraps_and_never_crops(rendered: dict[str, tuple[int, str]]) -> None:
+    """A tree branch longer than the page is wrapped, not cut: every word of the JSON report's
+    evidence labels (each hop's seqs and hashes) is in the text at a narrow width."""
+    from engine.audit import labels
+    from engine.audit.render_text import render_text
+
+    env = json.loads(rendered["json"][1])
+    narrow = render_text(env, width=100)
+    words = set(narrow.replace(",", " ").split())
+    assert max(len(line) for line in narrow.splitlines()) <= 100
+    for hop in env["report"]["tree"]:
+        for word in labels.evidence(hop).replace(",", " ").split():
+            assert word in words
+
+
 def test_json_is_canonical_with_its_hash(rendered: dict[str, tuple[int, str]]) -> None:
     """--format json prints RFC 8785 canonical JSON; report_sha256 is the hash of the report's bytes."""
     text = rendered["json"][1]
