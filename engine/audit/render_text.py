@@ -193,6 +193,6 @@ def renderables(env: dict[str, Any]) -> Group:
 
 def render_text(env: dict[str, Any], *, width: int = 160) -> str:
     buf = io.StringIO()
-    console = Console(file=buf, width=width, color_system=None, highlight=False)
-    console.print(renderables(env))  # wrapped at `width`, never cropped (soft wrapping crops a tree's branches)
+    # wrapped at `width`, never cropped (a soft-wrapping console crops a tree's long branches)
+    Console(file=buf, width=width, color_system=None, highlight=False).print(renderables(env))
     return buf.getvalue()
