@@ -84,8 +84,11 @@ def audit(
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
 ) -> None:
-    """Who asked for what, under whose authority, who delegated what to whom, what each agent did and
-    spent, what was refused and why, and whether the record is intact; exit 1 on a violation."""
+    """Compliance report of one task's delegation chain; exit 1 on a violation.
+
+    Who asked for what, under whose authority, and who delegated what to whom.
+
+    What each agent did and spent, what was refused and why, and whether the record is intact."""
     from engine.audit import FORMATS, AuditInputError, build_report, issue, render_bytes, seal
 
     fmt = "json" if want_json(json_out) else fmt
