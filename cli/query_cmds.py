@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +12,7 @@ import typer
 
 from cli.options import STATE, parse_when, want_json
 from cli.render import emit_json, fail, out, table
-from ledger import Entry, LedgerError
+from ledger import Entry, Ledger, LedgerError
 from ledger.entry import datetime_to_us
 from schemas.events import EVENT_TYPES, TERMINAL_STATUSES, OperatorNote
 
@@ -49,9 +50,47 @@ def _summary(e: Entry) -> str:
     return ""
 
 
+def _stream(led: Ledger, given: str, flag: str, *, new_hint: str = "") -> str:
+    """The stream `given` names: itself when it exists, else the one stream it is a prefix of (as git
+    takes a short hash); a clear error when it names none or several."""
+    found = led.streams_from(given, limit=6)
+    if given in found or len(found) == 1:
+        return given if given in found else found[0]
+    if not found:
+        fail(f"{flag}: no stream or session {given!r} in {STATE.db_path}{new_hint}")
+    shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
+    fail(
+        f"{flag}: {given!r} is ambiguous: {'more than 5' if len(found) > 5 else len(found)} streams start with it ({shown})"
+    )
+    raise AssertionError  # fail() exits
+
+
+def _short(names: Iterable[str]) -> dict[str, str]:
+    """Each name shortened to its shortest prefix of at least 8 characters that no other of `names`
+    shares (ids a human can read and give back: `ledger show` and `--stream` take prefixes)."""
+    unique = sorted(set(names))
+    short = {}
+    for i, n in enumerate(unique):
+        width = 8
+        for other in (unique[i - 1] if i else "", unique[i + 1] if i + 1 < len(unique) else ""):
+            common = next(
+                (k for k, (a, b) in enumerate(zip(n, other, strict=False)) if a != b), min(len(n), len(other))
+            )
+            width = max(width, common + 1)
+        short[n] = n if width >= len(n) - 3 else n[:width]
+    return short
+
+
 def _filters(
-    stream: str | None, task: str | None, types: list[str] | None, since: str | None, until: str | None
+    led: Ledger,
+    stream: str | None,
+    task: str | None,
+    types: list[str] | None,
+    since: str | None,
+    until: str | None,
 ) -> dict[str, Any]:
+    """The entry filters the options name; each narrows the others (a stream and a task: the stream's
+    entries, if it belongs to the task)."""
     for t in types or []:
         if t not in EVENT_TYPES:
             fail(f"--type: unknown event type {t!r}; known: {', '.join(EVENT_TYPES)}")
@@ -60,19 +99,17 @@ def _filters(
         f["since_us"] = datetime_to_us(parse_when(since, "--since"))
     if until:
         f["until_us"] = datetime_to_us(parse_when(until, "--until"))
-    streams = [stream] if stream else []
+    streams = {_stream(led, stream, "--stream")} if stream else None
     if task:
-        with STATE.open() as led:
-            streams += [s.session_id for s in led.sessions(task_id=task)]
-            # refused requests of the task have no session: find their streams through the decisions
-            for e in led.entries(types=["gate.decided"]):
-                data = e.data()
-                if data and data.get("task_id") == task:
-                    streams.append(e.stream)
-        if not streams:
-            streams = ["\x00no-such-stream"]
-    if streams:
-        f["streams"] = sorted(set(streams))
+        of_task = {s.session_id for s in led.sessions(task_id=task)}
+        # refused requests of the task have no session: find their streams through the decisions
+        for e in led.entries(types=["gate.decided"]):
+            data = e.data()
+            if data and data.get("task_id") == task:
+                of_task.add(e.stream)
+        streams = of_task if streams is None else streams & of_task
+    if streams is not None:
+        f["streams"] = sorted(streams) or ["\x00no-such-stream"]
     return f
 
 
@@ -93,17 +130,18 @@ def events(
     json_out: JsonOpt = False,
 ) -> None:
     """List events, filtered by stream/session, task id, type and time range."""
-    filters = _filters(stream, task, type_, since, until)
     with STATE.open() as led:
+        filters = _filters(led, stream, task, type_, since, until)
         rows = list(led.entries(**filters, descending=True, limit=limit))[::-1]
     if want_json(json_out):
         emit_json([_entry_json(e) for e in rows])
         return
+    short = _short(e.stream for e in rows)
     table(
         f"{len(rows)} event(s)",
         ["seq", "recorded at", "stream", "type", "summary"],
         [
-            (e.seq, e.recorded_at.strftime("%Y-%m-%d %H:%M:%S"), e.stream[:24], e.type, _summary(e))
+            (e.seq, e.recorded_at.strftime("%Y-%m-%d %H:%M:%S"), short[e.stream], e.type, _summary(e))
             for e in rows
         ],
     )
@@ -122,17 +160,19 @@ def sessions(
     if want_json(json_out):
         emit_json([s.model_dump() for s in found])
         return
+    ids = _short([s.session_id for s in found] + [s.parent_session_id for s in found if s.parent_session_id])
+    tasks = _short(s.task_id for s in found)
     table(
         f"{len(found)} session(s)",
         ["session", "task", "role", "status", "depth", "parent", "tokens", "cost $"],
         [
             (
-                s.session_id,
-                s.task_id[:16],
+                ids[s.session_id],
+                tasks[s.task_id],
                 s.role,
                 s.status,
                 s.depth,
-                (s.parent_session_id or "")[:12],
+                ids[s.parent_session_id] if s.parent_session_id else "",
                 s.tokens_used,
                 f"{s.cost_usd:.4f}",
             )
@@ -141,13 +181,15 @@ def sessions(
     )
 
 
-def show(session_id: Annotated[str, typer.Argument(help="Session id.")], json_out: JsonOpt = False) -> None:
+def show(
+    session_id: Annotated[str, typer.Argument(help="Session id, or a prefix of it that no other shares.")],
+    json_out: JsonOpt = False,
+) -> None:
     """Show one session: its state, its children and its events."""
     with STATE.open() as led:
+        session_id = _stream(led, session_id, "session")
         state = led.session(session_id)
         evs = list(led.entries(stream=session_id))
-    if state is None and not evs:
-        fail(f"no session or stream {session_id!r} in {STATE.db_path}")
     if want_json(json_out):
         emit_json({"session": state.model_dump() if state else None, "events": [_entry_json(e) for e in evs]})
         return
@@ -170,7 +212,8 @@ def export(
     until: UntilOpt = None,
 ) -> None:
     """Export entries as JSON Lines (headers, hashes, canonical payloads): re-verifiable anywhere."""
-    filters = _filters(stream, None, type_, since, until)
+    with STATE.open() as led:
+        filters = _filters(led, stream, None, type_, since, until)
     sink = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
     try:
         with STATE.open() as led:
@@ -186,16 +229,27 @@ def export(
 
 
 def note(
-    stream: Annotated[str, typer.Option("--stream", help="Stream/session the note is about.")],
+    stream: Annotated[
+        str,
+        typer.Option(
+            "--stream", help="Stream/session the note is about (or a prefix of it no other shares)."
+        ),
+    ],
     text: Annotated[str, typer.Option("--text", help="The note.")],
     by: Annotated[str, typer.Option("--by", help="Who writes it.")],
     kind: Annotated[str, typer.Option("--kind", help="note | oversight | incident")] = "note",
+    new_stream: Annotated[
+        bool, typer.Option("--new-stream", help="Start the stream if no entry has it yet (else refused).")
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Record a human oversight or operator note on the ledger."""
     if kind not in ("note", "oversight", "incident"):
         fail(f"--kind: expected note, oversight or incident (got {kind!r})")
-    with STATE.open(create=True) as led:
+    with STATE.open(create=new_stream) as led:
+        # a note is forever: a mistyped session id must not start a stream of its own
+        if not (new_stream and not led.streams_from(stream, limit=1)):
+            stream = _stream(led, stream, "--stream", new_hint=" (to start a new stream, add --new-stream)")
         try:
             entry = led.append(stream, OperatorNote(text=text, by=by, kind=kind))  # type: ignore[arg-type]
         except LedgerError as exc:
@@ -203,4 +257,4 @@ def note(
     if want_json(json_out):
         emit_json(_entry_json(entry))
     else:
-        out.print(f"recorded note as seq {entry.seq} ({entry.hash.hex()[:16]}...)")
+        out.print(f"recorded note on {entry.stream} as seq {entry.seq} ({entry.hash.hex()[:16]}...)")

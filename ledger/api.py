@@ -196,6 +196,11 @@ class Ledger:
         )
         return [SessionState.model_validate(r) for r in rows]
 
+    def streams_from(self, prefix: str, limit: int = 10) -> list[str]:
+        """Up to `limit` stream (session) names that start with `prefix`, in order; the exact name, if it
+        exists, is the first."""
+        return store.streams_from(self._reader(), prefix, limit)
+
     def revoked_sessions(self) -> frozenset[str]:
         """The sessions revoked so far (directly or with a revoked ancestor's subtree)."""
         return store.read_revoked(self._reader())

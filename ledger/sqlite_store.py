@@ -222,6 +222,23 @@ def read_sessions(
     return [json.loads(r[0]) for r in conn.execute(sql, args)]
 
 
+def streams_from(conn: sqlite3.Connection, prefix: str, limit: int) -> list[str]:
+    """Up to `limit` stream names starting with `prefix`, in order: a range on the names' unique index
+    (in SQLite's binary order a name starts with `prefix` exactly when it lies in [prefix, next))."""
+    if not prefix or ord(prefix[-1]) == 0x10FFFF:  # no upper bound to the range: scan the names
+        rows = conn.execute(
+            "SELECT name FROM streams WHERE substr(name, 1, ?) = ? ORDER BY name LIMIT ?",
+            (len(prefix), prefix, limit),
+        )
+    else:
+        upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+        rows = conn.execute(
+            "SELECT name FROM streams WHERE name >= ? AND name < ? ORDER BY name LIMIT ?",
+            (prefix, upper, limit),
+        )
+    return [r[0] for r in rows]
+
+
 def read_meta_safe(conn: sqlite3.Connection) -> dict[str, str]:
     """Meta rows, or {} when the file has no ledger schema yet."""
     try:

@@ -54,7 +54,7 @@ class TestInitAndVerify:
         """verify exits 0 on an intact ledger and 1 with the first bad seq after a payload is edited."""
         run("init")
         for i in range(5):
-            run("note", "--stream", "s1", "--text", f"note {i}", "--by", "ops")
+            run("note", "--stream", "s1", "--text", f"note {i}", "--by", "ops", "--new-stream")
         run("checkpoint")
         assert run.json("verify")["ok"] is True
         conn = sqlite3.connect(run.db)
@@ -78,7 +78,7 @@ class TestInitAndVerify:
     def test_checkpoint_prints_a_signed_note(self, run: Any) -> None:
         """`ledger checkpoint` prints origin, size, root, head, a blank line and a signature line."""
         run("init")
-        run("note", "--stream", "s", "--text", "t", "--by", "ops")
+        run("note", "--stream", "s", "--text", "t", "--by", "ops", "--new-stream")
         lines = run("checkpoint").stdout.splitlines()
         assert lines[0].startswith("delegation-ledger/")
         assert lines[1] == "1"
@@ -134,6 +134,8 @@ class TestQueries:
     def test_note_records_who_and_what(self, run: Any) -> None:
         """`ledger note` appends an operator.note with its author."""
         run("init")
+        with Ledger.open(run.db) as led:
+            _finished_session(led, "s9")
         entry = run.json(
             "note", "--stream", "s9", "--text", "checked the refusal", "--by", "alice", "--kind", "oversight"
         )
@@ -143,6 +145,62 @@ class TestQueries:
             "by": "alice",
             "kind": "oversight",
         }
+
+    def test_note_never_starts_a_stream_by_mistake(self, run: Any) -> None:
+        """A note is forever: on a stream no entry has (a mistyped session id), or on a ledger that does
+        not exist, it is refused and nothing is written, unless --new-stream says so."""
+        result = run("note", "--stream", "s1", "--text", "t", "--by", "ops", code=2)
+        assert "no ledger" in result.output
+        assert not run.db.exists()
+        run("init")
+        with Ledger.open(run.db) as led:
+            _finished_session(led, "3e539ba8-1feb-426f-9cd4-0214a2e2bc84")
+            before = led.head().size
+        result = run("note", "--stream", "3e539ba9", "--text", "t", "--by", "ops", code=2)
+        assert "no stream or session '3e539ba9'" in result.output
+        assert "--new-stream" in result.output
+        with Ledger.open(run.db) as led:
+            assert led.head().size == before
+        entry = run.json("note", "--stream", "ops-log", "--text", "t", "--by", "ops", "--new-stream")
+        assert entry["stream"] == "ops-log"
+        # --new-stream on a stream that exists (or that a prefix names) notes it as usual
+        again = run.json("note", "--stream", "ops-log", "--text", "t2", "--by", "ops", "--new-stream")
+        assert again["stream"] == "ops-log"
+
+    def test_session_ids_may_be_shortened(self, run: Any) -> None:
+        """`show`, `--stream` and `note` take a prefix that names one stream; an ambiguous prefix is
+        refused with the candidates; the human tables print each id by its shortest unique prefix
+        (8 characters at least)."""
+        run("init")
+        a, b = "3e539ba8-1feb-426f-9cd4-0214a2e2bc84", "3e539ba8-77aa-4000-8000-000000000000"
+        with Ledger.open(run.db) as led:
+            _finished_session(led, a)
+            _finished_session(led, b)
+            _finished_session(led, "df084d68-e3b6-4a5e-8c80-31aea9f35fac")
+        assert run.json("show", "df08")["session"]["session_id"] == "df084d68-e3b6-4a5e-8c80-31aea9f35fac"
+        assert run.json("show", "3e539ba8-1")["session"]["session_id"] == a
+        ambiguous = run("show", "3e53", code=2).output.replace("\n", "")
+        assert "ambiguous" in ambiguous
+        assert a in ambiguous
+        assert b in ambiguous
+        assert {e["stream"] for e in run.json("events", "--stream", "3e539ba8-7")} == {b}
+        assert run.json("note", "--stream", "df08", "--text", "t", "--by", "ops")["stream"].startswith(
+            "df084d68-"
+        )
+        table = run("sessions").stdout
+        assert "3e539ba8-1 " in table
+        assert "3e539ba8-7 " in table
+        assert "df084d68 " in table
+        assert "df084d68-" not in table
+
+    def test_stream_and_task_narrow_each_other(self, run: Any) -> None:
+        """`events --stream S --task T` lists S's events only if S belongs to T (the filters combine)."""
+        run("init")
+        with Ledger.open(run.db) as led:
+            _finished_session(led, "sess-a")
+            _finished_session(led, "sess-b")
+        assert {e["stream"] for e in run.json("events", "--stream", "sess-a", "--task", "T-1")} == {"sess-a"}
+        assert run.json("events", "--stream", "sess-a", "--task", "T-other") == []
 
 
 class TestPruneAndReplay:
@@ -205,7 +263,7 @@ def test_verify_against_a_published_checkpoint(run: Any, tmp_path: Path) -> None
     """`verify --checkpoint FILE` catches a cut tail that the database alone no longer shows."""
     run("init")
     for i in range(4):
-        run("note", "--stream", "s", "--text", f"n{i}", "--by", "ops")
+        run("note", "--stream", "s", "--text", f"n{i}", "--by", "ops", "--new-stream")
     published = tmp_path / "published.checkpoint"
     published.write_text(run("checkpoint").stdout)
     with Ledger.open(run.db) as led:
