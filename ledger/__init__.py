@@ -10,6 +10,7 @@ from ledger.encoding import encode_event
 from ledger.entry import LEDGER_STREAM, Entry, Head
 from ledger.errors import (
     ArchiveError,
+    Conflict,
     LedgerClosed,
     LedgerError,
     PayloadError,
@@ -24,6 +25,7 @@ __all__ = [
     "LEDGER_STREAM",
     "ArchiveError",
     "ChainBroken",
+    "Conflict",
     "Entry",
     "Head",
     "Ledger",

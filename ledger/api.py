@@ -27,7 +27,7 @@ from ledger.chain import MAX_STREAM_BYTES, MAX_TYPE_BYTES
 from ledger.checkpoint import Checkpoint, Signer, Verifier, load_signer, load_verifier, write_key_pair
 from ledger.encoding import encode_event
 from ledger.entry import LEDGER_STREAM, Entry, Head
-from ledger.errors import LedgerError, PayloadError, SigningKeyError, StorageError
+from ledger.errors import Conflict, LedgerError, PayloadError, SigningKeyError, StorageError
 from ledger.merkle import CompactRange
 from ledger.paths import key_path_for
 from ledger.prune import PruneReport
@@ -155,6 +155,54 @@ class Ledger:
     async def append_async(self, stream: str, event: BaseModel | Mapping[str, Any]) -> Entry:
         """Append from a coroutine; concurrent callers share commits (group commit)."""
         p = self._pending(stream, event)
+        loop = asyncio.get_running_loop()
+        p.loop = loop
+        p.future = loop.create_future()
+        self._writer.submit(p)
+        return await p.future
+
+    def _conditional(
+        self,
+        stream: str,
+        event: BaseModel | Mapping[str, Any],
+        condition: Callable[[SessionState | None], str | None],
+    ) -> Pending:
+        p = self._pending(stream, event)
+        payload, data = p.payload, p.data
+
+        def build(conn: Any, projections: Any) -> tuple[bytes, dict[str, Any] | None]:
+            state = projections.get(stream)
+            refusal = condition(None if state is None else SessionState.model_validate(state))
+            if refusal is not None:
+                raise Conflict(f"not appended to {stream}: {refusal}")
+            return payload, data
+
+        p.build = build
+        return p
+
+    def append_if(
+        self,
+        stream: str,
+        event: BaseModel | Mapping[str, Any],
+        condition: Callable[[SessionState | None], str | None],
+    ) -> Entry:
+        """Append one event only if `condition` (given the stream's session as projected at that very
+        point of the chain, or None) returns None; else raise Conflict with the reason it returns and
+        write nothing. Check and append are one transaction: of several writers (engines, processes)
+        racing on one condition, exactly one wins."""
+        p = self._conditional(stream, event, condition)
+        self._commit(p)
+        assert p.entry is not None
+        return p.entry
+
+    async def append_if_async(
+        self,
+        stream: str,
+        event: BaseModel | Mapping[str, Any],
+        condition: Callable[[SessionState | None], str | None],
+    ) -> Entry:
+        """`append_if` from a coroutine (the condition runs on the writer's thread)."""
+        p = self._conditional(stream, event, condition)
         loop = asyncio.get_running_loop()
         p.loop = loop
         p.future = loop.create_future()

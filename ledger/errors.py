@@ -5,6 +5,7 @@
      ├── StorageError          the SQLite file could not be read or written (wraps sqlite3 errors)
      │    └── StorageFull      the disk or the file is full; nothing was written
      ├── LedgerClosed          append after close()
+     ├── Conflict              a conditional append whose condition no longer held; nothing was written
      ├── SigningKeyError       the signing key is missing, unreadable or has loose permissions
      ├── ArchiveError          a prune archive cannot be read or does not match
      └── PruneError            a prune request is invalid (cutoff in the future, running sessions...)
@@ -36,6 +37,11 @@ class StorageFull(StorageError):
 
 class LedgerClosed(LedgerError):
     """The ledger was closed; nothing more can be appended."""
+
+
+class Conflict(LedgerError):
+    """A conditional append (`Ledger.append_if`) found its condition false when its turn came: the
+    stream's session had changed (another writer got there first). Nothing was written."""
 
 
 class SigningKeyError(LedgerError):

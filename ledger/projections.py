@@ -27,6 +27,7 @@ PROJECTED_TYPES: frozenset[str] = frozenset(
         "agent.stopped",
         "agent.failed",
         "session.interrupted",
+        "session.adopted",
         "delegation.revoked",
         "budget.exceeded",
         "ledger.pruned",
@@ -109,6 +110,8 @@ class Projector:
             self._roll_up(store, state, used, cost)
         elif type_ == "message.sent":
             state["messages"] += 1
+        elif type_ == "session.adopted":
+            state["engine"] = data["engine"]
         elif type_ == "tool.called":
             state["tool_calls"] += 1
         elif type_ == "permission.decided":

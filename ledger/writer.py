@@ -297,6 +297,9 @@ class Writer:
         except sqlite3.Error as exc:
             self._rollback()
             raise translate(exc, f"append of {len(batch)} event(s) failed") from exc
+        except LedgerError:  # a builder's own refusal (e.g. Conflict): as it is
+            self._rollback()
+            raise
         except BaseException as exc:
             self._rollback()
             raise StorageError(

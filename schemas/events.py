@@ -175,6 +175,19 @@ class SessionInterrupted(_Event):
     reason: NonEmptyStr
 
 
+class SessionAdopted(_Event):
+    """An engine takes over a live session whose engine stopped without recording its end (two engines
+    share the ledger, or one restarted): from here on it alone supervises the session (re-attached
+    to its agent) or records its end. Appended on the condition that the session is still live and
+    still its previous engine's, so of several engines that notice at once exactly one adopts it."""
+
+    type: Literal["session.adopted"] = "session.adopted"
+    session_id: NonEmptyStr
+    engine: NonEmptyStr = Field(description="the engine that supervises the session from now on")
+    previous_engine: str | None = Field(None, description="the engine that stopped (None: not recorded)")
+    reason: NonEmptyStr
+
+
 class DelegationRevoked(_Event):
     type: Literal["delegation.revoked"] = "delegation.revoked"
     session_id: NonEmptyStr
@@ -255,6 +268,7 @@ Event = Annotated[
     | AgentStopped
     | AgentFailed
     | SessionInterrupted
+    | SessionAdopted
     | DelegationRevoked
     | CheckpointSigned
     | Pruned

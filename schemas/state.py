@@ -41,4 +41,6 @@ class SessionState(BaseModel):
     revoked: bool = False
     end_reason: str | None = None
     children: list[str] = Field(default_factory=list)
-    engine: str | None = Field(None, description="the engine that runs it (gate.decided engine)")
+    engine: str | None = Field(
+        None, description="the engine that runs it (gate.decided engine; session.adopted: its new one)"
+    )

@@ -26,6 +26,7 @@ from schemas.events import (
     OperatorNote,
     OutputReceived,
     PermissionDecided,
+    SessionAdopted,
     SessionInterrupted,
     Tokens,
     ToolCalled,
@@ -266,14 +267,26 @@ class Lifecycle:
         return out
 
 
-_OPS = ("output", "output", "tool", "message", "permission", "end", "revoke", "budget", "note", "refused")
+_OPS = (
+    "output",
+    "output",
+    "tool",
+    "message",
+    "permission",
+    "end",
+    "revoke",
+    "budget",
+    "note",
+    "refused",
+    "adopt",
+)
 
 
 @st.composite
 def lifecycles(draw: st.DrawFn, max_sessions: int = 6, max_ops: int = 24, text_size: int = 120) -> Lifecycle:
     """Spawn a tree of sessions (optionally gated first), then interleave outputs with token and cost
-    counts, tool calls, messages, permission decisions, budget overruns, terminal events (completed,
-    stopped, failed, interrupted), revocations of whole subtrees, operator notes and refused requests."""
+    counts, tool calls, messages, permission decisions, budget overruns, adoptions by another engine,
+    terminal events (completed, stopped, failed, interrupted), revocations of whole subtrees, operator notes and refused requests."""
     n = draw(st.integers(1, max_sessions))
     tag = draw(st.text("abcdefghijklmnopqrstuvwxyz", min_size=3, max_size=3))
     ids = [f"s-{tag}-{i}" for i in range(n)]
@@ -355,6 +368,10 @@ def lifecycles(draw: st.DrawFn, max_sessions: int = 6, max_ops: int = 24, text_s
                 permission="edit",
                 reply=draw(st.sampled_from(["once", "always", "reject"])),
                 reason="policy",
+            )
+        elif op == "adopt":
+            event = SessionAdopted(
+                session_id=sid, engine=f"boot/{k}/1/e{k}", previous_engine=None, reason="its engine stopped"
             )
         elif op == "budget":
             event = BudgetExceeded(session_id=sid, limit="tokens", allowed=100, used=150, charged_to=sid)

@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import rfc8785
@@ -335,6 +336,7 @@ class TestConcurrentAppends:
 _WRITER = r"""
 import asyncio, os, sys, time
 from pathlib import Path
+from typing import Any
 from ledger import Ledger
 from schemas.events import OperatorNote
 path, name, n, mode, flags = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], Path(sys.argv[5])
@@ -579,3 +581,139 @@ class TestAppendMany:
         assert len(ledger._readers) == 2
         ledger.close()
         assert ledger._readers == []
+
+
+def _spawned(sid: str) -> AgentSpawned:
+    return AgentSpawned(
+        session_id=sid, task_id="T", role="coder", root_session_id=sid, principal="c", delegator="pm"
+    )
+
+
+def _still_engine(engine: str | None) -> Any:
+    """The condition of an adoption: the session is live and still `engine`'s."""
+
+    def check(st: Any) -> str | None:
+        if st is None:
+            return "no such session"
+        if st.status in ("completed", "stopped", "failed", "interrupted", "revoked"):
+            return f"it ended ({st.status})"
+        if st.engine != engine:
+            return f"another engine adopted it ({st.engine})"
+        return None
+
+    return check
+
+
+_CLAIMER = r"""
+import sys, time
+from pathlib import Path
+from typing import Any
+from ledger import Conflict, Ledger
+from schemas.events import SessionAdopted
+path, me, n, flags = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+
+def still(engine):
+    def check(st):
+        if st is None or st.status != "running":
+            return "not live"
+        return None if st.engine == engine else f"taken by {st.engine}"
+    return check
+
+with Ledger.open(path, create=False) as led:
+    (flags / f"ready-{me}").touch()
+    while not (flags / "go").exists():
+        time.sleep(0.001)
+    won = 0
+    for i in range(n):
+        try:
+            led.append_if(f"s{i}", SessionAdopted(session_id=f"s{i}", engine=me, reason="r"), still(None))
+            won += 1
+        except Conflict:
+            pass
+    print(won)
+"""
+
+
+class TestConditionalAppend:
+    def test_appends_when_the_condition_holds_and_writes_nothing_when_not(self, ledger: Ledger) -> None:
+        """append_if appends when the condition returns None; otherwise Conflict names the stream and the
+        condition's reason, and nothing is written (head unchanged)."""
+        from ledger import Conflict
+        from schemas.events import SessionAdopted
+
+        ledger.append("s1", _spawned("s1"))
+        adopt = SessionAdopted(
+            session_id="s1", engine="e2", previous_engine=None, reason="its engine stopped"
+        )
+        entry = ledger.append_if("s1", adopt, _still_engine(None))
+        assert entry.type == "session.adopted"
+        st = ledger.session("s1")
+        assert st is not None
+        assert st.engine == "e2"
+        head = ledger.head()
+        with pytest.raises(Conflict, match=r"not appended to s1: another engine adopted it \(e2\)"):
+            ledger.append_if("s1", adopt, _still_engine(None))
+        with pytest.raises(Conflict, match="no such session"):
+            ledger.append_if("nobody", adopt, _still_engine(None))
+        assert ledger.head() == head
+        assert ledger.verify().ok
+
+    def test_the_condition_sees_earlier_appends_of_the_same_batch(self, ledger: Ledger) -> None:
+        """Coroutines racing on one condition share a commit: the condition runs at the entry's own place
+        in the chain, so exactly one adoption wins, and the unconditional appends of the same batch
+        commit all the same."""
+        from ledger import Conflict
+        from schemas.events import SessionAdopted
+
+        ledger.append("s1", _spawned("s1"))
+
+        async def race() -> list[Any]:
+            claims = [
+                ledger.append_if_async(
+                    "s1", SessionAdopted(session_id="s1", engine=f"e{i}", reason="r"), _still_engine(None)
+                )
+                for i in range(8)
+            ]
+            notes = [ledger.append_async("n", note(i)) for i in range(8)]
+            return await asyncio.gather(*claims, *notes, return_exceptions=True)
+
+        results = asyncio.run(race())
+        claims, notes = results[:8], results[8:]
+        won = [r for r in claims if isinstance(r, Entry)]
+        assert len(won) == 1
+        assert all(isinstance(r, Conflict) for r in claims if not isinstance(r, Entry))
+        assert all(isinstance(r, Entry) for r in notes)
+        st = ledger.session("s1")
+        assert st is not None
+        assert st.engine == won[0].data()["engine"]
+        assert [e.type for e in ledger.entries(stream="s1")] == ["agent.spawned", "session.adopted"]
+        assert ledger.replay(check=True).ok
+
+    def test_processes_racing_on_one_condition_win_each_session_once(self, tmp_path: Path) -> None:
+        """3 processes try to adopt the same 60 sessions at once: each session is adopted exactly once
+        (check and append are one transaction, serialised by SQLite across processes)."""
+        path = tmp_path / "shared.db"
+        with Ledger.init(path) as led:
+            for i in range(60):
+                led.append(f"s{i}", _spawned(f"s{i}"))
+                led.append(f"s{i}", ToolCalled(session_id=f"s{i}", tool="bash", input={}, output=""))
+            assert all(s.status == "running" for s in led.sessions())
+        flags = tmp_path / "flags"
+        flags.mkdir()
+        procs = [spawn_child(_CLAIMER, str(path), me, "60", str(flags)) for me in ("a", "b", "c")]
+        deadline = time.monotonic() + 60
+        while len(list(flags.glob("ready-*"))) < 3 and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            time.sleep(0.01)
+        (flags / "go").touch()
+        wins = []
+        for p in procs:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err
+            wins.append(int(out))
+        assert sum(wins) == 60
+        with Ledger.open(path, create=False) as led:
+            adoptions = [e.stream for e in led.entries(types=["session.adopted"])]
+            assert sorted(adoptions) == sorted(f"s{i}" for i in range(60))
+            assert {s.engine for s in led.sessions()} <= {"a", "b", "c"}
+            assert led.verify().ok

@@ -24,6 +24,7 @@ from schemas.events import (
     MessageSent,
     OutputReceived,
     PermissionDecided,
+    SessionAdopted,
     SessionInterrupted,
     Tokens,
     ToolCalled,
@@ -294,8 +295,7 @@ class TestReplayProperties:
     @given(lifecycles())
     def test_fold_of_events_equals_the_live_projection(self, life: Lifecycle) -> None:
         """For any lifecycle (nested spawns, outputs with tokens and cost, tool calls, terminal events,
-        subtree
-        revocations), folding the stored events equals the live projection, and replay --check is clean."""
+        subtree revocations, adoptions by another engine), folding the stored events equals the live projection, and replay --check is clean."""
         with fresh_ledger() as led:
             append_all(led, life.steps)
             current = live(led)
@@ -305,6 +305,8 @@ class TestReplayProperties:
                 assert (
                     current[sid].status in ("completed", "stopped", "failed", "interrupted", "revoked")
                 ) == (sid in life.terminal), sid
+                adopted = [e.engine for s, e in life.steps if s == sid and isinstance(e, SessionAdopted)]
+                assert current[sid].engine == (adopted[-1] if adopted else None), sid
             report = led.replay(check=True)
             assert report.ok, report.drift
             led.replay()
