@@ -322,6 +322,7 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
             "session_id": session_id,
             "done": done,
             "status": st.status,
+            "end_reason": st.end_reason,
             "output": st.last_output,
             "tokens_used": st.tokens_used,
             "cost_usd": st.cost_usd,

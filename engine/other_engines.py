@@ -1,21 +1,29 @@
 """Sessions of other engines that share the ledger (engine/owner.py): who runs a session, waiting for
-one through the ledger, and revocations recorded by any engine taking effect on this one's agents."""
+one through the ledger, revocations recorded by any engine taking effect on this one's agents, and
+the sessions of an engine that stopped without recording their end, settled by the engines that
+still run (`Orphans`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
+from typing import Any
 
+from engine.backend import AgentBackend
 from engine.manager import AgentManager
 from engine.owner import engine_alive, engine_pid, runs_elsewhere
+from engine.recovery import hand_over, settle
 from engine.refusals import OtherEngineGone
 from ledger import Ledger
-from schemas.events import TERMINAL_STATUSES
+from schemas.events import LIVE_STATUSES, TERMINAL_STATUSES
 from schemas.state import SessionState
 
 #: how often the ledger is read for new revocations, and for the end of another engine's session
 POLL_S = 0.25
+#: how often the live sessions of the ledger are looked at for an engine that stopped
+ORPHANS_POLL_S = 1.0
 
 
 def other_engine(st: SessionState, engine_id: str | None) -> str | None:
@@ -37,8 +45,8 @@ async def wait_on_ledger(ledger: Ledger, session_id: str, timeout: float | None)
         if st.engine is not None and not engine_alive(st.engine):
             raise OtherEngineGone(
                 f"the engine that ran session {session_id} (process {engine_pid(st.engine)}) stopped "
-                f"without recording its end ({st.status}); the next start of `ledger serve` on this "
-                "ledger settles it (re-attached, or recorded as interrupted)"
+                f"without recording its end ({st.status}); an engine that runs on this ledger settles "
+                "it (re-attached, or recorded as interrupted), as does the next start of `ledger serve`"
             )
         if deadline is not None and time.monotonic() >= deadline:
             return False
@@ -63,3 +71,62 @@ async def follow_revocations(ledger: Ledger, manager: AgentManager) -> None:
                     with contextlib.suppress(Exception):
                         await manager.stop(sid, reason, by)
         last = head
+
+
+class Orphans:
+    """Live sessions whose engine stopped without recording their end (killed, crashed) while this
+    engine runs: settled at once, as a restart would settle them (``recovery.settle``): re-attached
+    and supervised here when their agent's server outlived its engine and watchdog, else recorded
+    as interrupted; of several engines that notice, exactly one settles each session."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        backend: AgentBackend,
+        manager: AgentManager,
+        *,
+        engine_id: str,
+        mcp_url: str | None,
+        adopt: Callable[[str, Any], None],
+    ) -> None:
+        self.ledger, self.backend, self.manager = ledger, backend, manager
+        self.engine_id, self.mcp_url, self.adopt = engine_id, mcp_url, adopt
+        self._lock = asyncio.Lock()  # one settling at a time: the follower's and a waiter's
+        #: what was settled here, by session: "reattached", "interrupted" or "taken" (by another engine)
+        self.settled: dict[str, str] = {}
+
+    def _orphaned(self, st: SessionState | None, alive: dict[str, bool]) -> bool:
+        if st is None or st.status in TERMINAL_STATUSES or st.engine in (None, self.engine_id):
+            return False  # an engine-less session (recorded before engine ids) waits for a restart
+        if st.engine not in alive:
+            alive[st.engine] = engine_alive(st.engine)
+        return not alive[st.engine] and not self.manager.supervises(st.session_id)
+
+    async def settle(self, session_id: str) -> str | None:
+        """Settle the session if its engine is gone; how (see ``settled``), or None if it was not."""
+        async with self._lock:
+            st = self.ledger.session(session_id)
+            if not self._orphaned(st, {}):
+                return None
+            assert st is not None
+            why = f"its engine (process {engine_pid(st.engine or '')}) stopped without recording its end"
+            how, agent = await settle(
+                self.ledger, self.backend, st, engine_id=self.engine_id, mcp_url=self.mcp_url, why=why
+            )
+            if how == "reattached" and not await hand_over(self.ledger, session_id, agent, self.adopt, why):
+                how = "interrupted"
+            if how == "interrupted":  # its folder (credentials, OpenCode state) is tidied, its server stopped
+                with contextlib.suppress(Exception):
+                    await self.backend.stop_leftover(session_id)
+            self.settled[session_id] = how
+            return how
+
+    async def follow(self) -> None:
+        """Every ORPHANS_POLL_S: settle the live sessions of engines that stopped."""
+        while True:
+            await asyncio.sleep(ORPHANS_POLL_S)
+            alive: dict[str, bool] = {}
+            for st in self.ledger.sessions(statuses=LIVE_STATUSES):
+                if self._orphaned(st, alive):
+                    with contextlib.suppress(Exception):  # tried again on the next round
+                        await self.settle(st.session_id)

@@ -4,22 +4,27 @@ A session recorded as running is re-attached when its OpenCode server and sessio
 alive (the server then outlived its watchdog, which normally ends it with the engine); otherwise
 it is recorded as interrupted. A queued session (approved, never started) is interrupted too. No
 session stays "running" forever. Sessions of another engine that still runs on the same ledger
-(two MCP clients, each with its own `ledger serve`) are left to it. A re-attached agent reaches
-this engine's MCP server with a new token, and what it did while no engine listened is recorded
-once, when the engine catches up. Servers left by sessions that ended meanwhile are stopped.
+(two MCP clients, each with its own `ledger serve`) are left to it; an engine that runs settles
+those of one that dies the same way (``settle``, through `other_engines.Orphans`). Re-attaching is
+recorded as ``session.adopted``; every record here is conditional (the session still live and
+still its dead engine's), so of several engines that settle at once exactly one does. A re-attached
+agent reaches this engine's MCP server with a new token, and what it did while no engine listened
+is recorded once, when the engine catches up. Servers left by sessions that ended meanwhile are stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from typing import Any
 
 from engine.backend import AgentBackend
 from engine.manager import record
 from engine.owner import runs_elsewhere
-from ledger import Ledger
-from schemas.events import LIVE_STATUSES, TERMINAL_STATUSES, SessionInterrupted
+from ledger import Conflict, Ledger
+from schemas.events import LIVE_STATUSES, TERMINAL_STATUSES, SessionAdopted, SessionInterrupted
+from schemas.state import SessionState
 
 
 def recorded(ledger: Ledger, session_id: str) -> tuple[set[str], set[str]]:
@@ -35,6 +40,92 @@ def recorded(ledger: Ledger, session_id: str) -> tuple[set[str], set[str]]:
         elif entry.type == "output.received" and data.get("message_id"):
             messages.add(str(data["message_id"]))
     return calls, messages
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's: attach decides
+        return True
+    return True
+
+
+def _still_theirs(engine: str | None) -> Callable[[SessionState | None], str | None]:
+    """The condition of settling a session of a stopped engine: it is live and still that engine's
+    (another engine may have adopted or ended it meanwhile)."""
+
+    def check(st: SessionState | None) -> str | None:
+        if st is None or st.status in TERMINAL_STATUSES:
+            return "it has ended meanwhile"
+        if st.engine != engine:
+            return f"another engine has adopted it ({st.engine})"
+        return None
+
+    return check
+
+
+async def settle(
+    ledger: Ledger,
+    backend: AgentBackend,
+    st: SessionState,
+    *,
+    engine_id: str | None,
+    mcp_url: str | None,
+    why: str,
+) -> tuple[str, Any]:
+    """Settle a live session whose engine is gone: ``("reattached", agent)`` when its server and
+    OpenCode session are alive (adopted first: ``session.adopted``), else ``("interrupted", None)``
+    (recorded as ``session.interrupted``, with ``why`` the engine is gone); ``("taken", None)`` when
+    another engine adopted or ended it first (each record is conditional, so of several engines that
+    settle it at once exactly one does)."""
+    previous = st.engine
+    if (
+        st.status == "running"
+        and st.server_url
+        and st.opencode_session_id
+        and engine_id is not None
+        and _alive(st.pid)  # else its server is gone for sure: no adoption to record
+    ):
+        adoption = SessionAdopted(
+            session_id=st.session_id, engine=engine_id, previous_engine=previous, reason=why
+        )
+        try:
+            await ledger.append_if_async(st.session_id, adoption, _still_theirs(previous))
+        except Conflict:
+            return "taken", None
+        previous = engine_id  # ours from here on: what follows is conditional on that
+        agent = None
+        with contextlib.suppress(Exception):
+            calls, messages = recorded(ledger, st.session_id)
+            agent = await backend.attach(
+                st.server_url,
+                st.opencode_session_id,
+                st.pid,
+                st.session_id,
+                mcp_url=mcp_url,
+                recorded_calls=calls,
+                recorded_messages=messages,
+            )
+        if agent is not None:
+            return "reattached", agent
+    reason = (
+        f"{why} before this delegation started"
+        if st.status != "running"
+        else f"{why} and the agent's OpenCode server or session is gone"
+    )
+    try:
+        await ledger.append_if_async(
+            st.session_id,
+            SessionInterrupted(session_id=st.session_id, reason=reason),
+            _still_theirs(previous),
+        )
+    except Conflict:
+        return "taken", None
+    return "interrupted", None
 
 
 async def recover(
@@ -55,31 +146,15 @@ async def recover(
         if runs_elsewhere(st.engine, engine_id):
             others.append(st.session_id)
             continue
-        agent = None
-        if st.status == "running" and st.server_url and st.opencode_session_id:
-            try:
-                calls, messages = recorded(ledger, st.session_id)
-                agent = await backend.attach(
-                    st.server_url,
-                    st.opencode_session_id,
-                    st.pid,
-                    st.session_id,
-                    mcp_url=mcp_url,
-                    recorded_calls=calls,
-                    recorded_messages=messages,
-                )
-            except Exception:
-                agent = None
-        if agent is not None:
-            attached.append((st.session_id, agent))
-            continue
-        reason = (
-            "the engine restarted before this delegation started"
-            if st.status != "running"
-            else "the engine restarted and the agent's OpenCode server or session is gone"
+        how, agent = await settle(
+            ledger, backend, st, engine_id=engine_id, mcp_url=mcp_url, why="the engine restarted"
         )
-        await record(ledger, st.session_id, SessionInterrupted(session_id=st.session_id, reason=reason))
-        interrupted.append(st.session_id)
+        if how == "reattached":
+            attached.append((st.session_id, agent))
+        elif how == "interrupted":
+            interrupted.append(st.session_id)
+        else:
+            others.append(st.session_id)  # another engine, starting or running, settled it first
     stopped = await _stop_leftovers(ledger, backend, engine_id, {sid for sid, _ in attached})
     return {
         "leftover_servers_stopped": stopped,
@@ -96,17 +171,25 @@ async def supervise_again(ledger: Ledger, result: dict[str, Any], adopt: Callabl
     """Hand each re-attached agent of ``result`` (``recover``'s) to ``adopt``; an agent that cannot be
     supervised again is stopped and recorded as interrupted, the others go on."""
     for sid, agent in result.pop("attached", []):
-        try:
-            adopt(sid, agent)
-        except Exception as exc:
-            with contextlib.suppress(Exception):
-                await agent.close()
-            reason = (
-                f"the engine restarted and could not supervise the agent again ({type(exc).__name__}: {exc})"
-            )
-            await record(ledger, sid, SessionInterrupted(session_id=sid, reason=reason))
+        if not await hand_over(ledger, sid, agent, adopt, "the engine restarted"):
             result["reattached"].remove(sid)
             result["interrupted"].append(sid)
+
+
+async def hand_over(
+    ledger: Ledger, sid: str, agent: Any, adopt: Callable[[str, Any], None], why: str
+) -> bool:
+    """Hand a re-attached agent to ``adopt`` (True); if it cannot be supervised again, stop it and
+    record the session as interrupted (False)."""
+    try:
+        adopt(sid, agent)
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            await agent.close()
+        reason = f"{why} and could not supervise the agent again ({type(exc).__name__}: {exc})"
+        await record(ledger, sid, SessionInterrupted(session_id=sid, reason=reason))
+        return False
+    return True
 
 
 async def _stop_leftovers(

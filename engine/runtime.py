@@ -20,7 +20,7 @@ from fastmcp import FastMCP
 
 from engine.mcp_server import build_server
 from engine.opencode_backend import OpenCodeBackend
-from engine.other_engines import follow_revocations
+from engine.other_engines import Orphans, follow_revocations
 from engine.owner import engine_stopped, new_engine_id
 from engine.recovery import recover, supervise_again
 from engine.service import DelegationService, readopt
@@ -55,6 +55,7 @@ class Engine:
         self.recovery: dict[str, Any] = {}
         self.engine_id: str | None = None
         self._revocations: asyncio.Task[None] | None = None
+        self._orphans: asyncio.Task[None] | None = None
 
     async def start(self, *, http_port: int | None = None) -> Engine:
         s = self.settings
@@ -103,6 +104,16 @@ class Engine:
         await supervise_again(self.ledger, self.recovery, lambda sid, agent: readopt(service, sid, agent))
         # revocations recorded by any engine on this ledger stop this one's agents too
         self._revocations = asyncio.create_task(follow_revocations(self.ledger, service.manager))
+        # the sessions of an engine that stops meanwhile are settled here, not left until a restart
+        service.orphans = Orphans(
+            self.ledger,
+            backend,
+            service.manager,
+            engine_id=self.engine_id,
+            mcp_url=self.agent_mcp_url,
+            adopt=lambda sid, agent: readopt(service, sid, agent),
+        )
+        self._orphans = asyncio.create_task(service.orphans.follow())
         # off the critical path: the pool fills in the background, warming up in the one allowed
         # root when there is exactly one (later: in the project directory of the latest spawn)
         roots = tuple(constitution.allowed_roots or ())
@@ -110,10 +121,11 @@ class Engine:
         return self
 
     async def stop(self) -> None:
-        if self._revocations is not None:
-            self._revocations.cancel()
-            with contextlib.suppress(BaseException):
-                await self._revocations
+        for task in (self._revocations, self._orphans):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         if self.service is not None:
             backend: OpenCodeBackend = self.service.backend  # type: ignore[assignment]
             # the idle pooled servers stop while the running agents are stopped and recorded

@@ -24,9 +24,16 @@ import gate
 from engine.backend import AgentBackend, AgentSpec
 from engine.chain_context import build_context
 from engine.manager import AgentManager, Supervised, record
-from engine.other_engines import other_engine, wait_on_ledger
+from engine.other_engines import Orphans, other_engine, wait_on_ledger
 from engine.permissions import PermissionPolicy
-from engine.refusals import DelegationRefused, NotAllowed, OtherEngine, SessionNotRunning, UnknownSession
+from engine.refusals import (
+    DelegationRefused,
+    NotAllowed,
+    OtherEngine,
+    OtherEngineGone,
+    SessionNotRunning,
+    UnknownSession,
+)
 from engine.roles import Role, load_catalogue
 from engine.settings import EngineSettings
 from engine.tokens import OPERATOR, SessionTokens
@@ -86,6 +93,8 @@ class DelegationService:
         """``engine_id``: recorded with each approved delegation (``engine/owner.py``)."""
         self.ledger = ledger
         self.engine_id = engine_id
+        #: settles the sessions of engines that stop while this one runs (set by the runtime)
+        self.orphans: Orphans | None = None
         self.settings = settings
         self.backend = backend
         self.constitution = constitution
@@ -288,17 +297,31 @@ class DelegationService:
     async def wait(
         self, session_id: str, timeout: float | None, caller: str | None = None
     ) -> tuple[SessionState, bool]:
-        """Wait until the session is terminal or `timeout` passes; the caller's slot serves others meanwhile."""
+        """Wait until the session is terminal or `timeout` passes; the caller's slot serves others meanwhile.
+        A session of another engine is waited for on the ledger; if that engine stops without recording
+        its end, the session is settled here (``Orphans``) and the wait goes on."""
         st = self.check_access(caller, session_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
         async with self.manager.lend_slot(self.parent_of(caller)):
-            if (
-                not self.manager.supervises(session_id)
-                and st.status not in TERMINAL_STATUSES
-                and st.engine not in (None, self.engine_id)
-            ):  # another engine's (alive: it records the end; gone: OtherEngineGone)
-                done = await wait_on_ledger(self.ledger, session_id, timeout)
+            for _ in range(8):  # each round: its engine stopped, and the session was settled meanwhile
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if (
+                    self.manager.supervises(session_id)
+                    or st.status in TERMINAL_STATUSES
+                    or st.engine in (None, self.engine_id)
+                ):
+                    done = await self.manager.wait(session_id, left)
+                    break
+                try:  # another engine's: it records the end
+                    done = await wait_on_ledger(self.ledger, session_id, left)
+                    break
+                except OtherEngineGone:
+                    if self.orphans is None:
+                        raise
+                    await self.orphans.settle(session_id)
+                    st = self.state(session_id)
             else:
-                done = await self.manager.wait(session_id, timeout)
+                raise OtherEngineGone(f"session {session_id} changed engines too often while waited for")
         return self.state(session_id), done
 
     def _here(self, st: SessionState, doing: str) -> None:

@@ -244,19 +244,30 @@ def parent_of(pid: int) -> int:
 
 @contextlib.asynccontextmanager
 async def outliving_agent(
-    base: Path, model: ScriptedModel, request: dict[str, Any], conversation: str, *, replies: int = 1
+    base: Path,
+    model: ScriptedModel,
+    request: dict[str, Any],
+    conversation: str,
+    *,
+    replies: int = 1,
+    calls: int = 0,
 ) -> AsyncIterator[tuple[str, int]]:
     """An agent whose server outlives its engine: `ledger serve` spawns it from ``request``; once
-    ``replies`` model requests of ``conversation`` arrived, its watchdog and then `ledger serve` are
-    killed with -9. Yields (session id, the server's pid); the server is killed on the way out if a
-    failing test left it running."""
+    ``replies`` model requests of ``conversation`` arrived and ``calls`` tool calls are recorded,
+    its watchdog and then `ledger serve` are killed with -9. Yields (session id, the server's pid);
+    the server is killed on the way out if a failing test left it running."""
     async with ledger_serve(base, model) as (proc, url, token):
         async with Client(url, auth=token) as c:
             sid = (await c.call_tool("spawn_agent", request)).data["session_id"]
             await asyncio.to_thread(
                 model.wait_for_completions, replies, conversation=conversation, timeout=60
             )
-            pid = (await c.call_tool("query_session", {"session_id": sid})).data["pid"]
+            for _ in range(100):  # the call's end event may follow the next model request
+                state = (await c.call_tool("query_session", {"session_id": sid})).data
+                if state["tool_calls"] >= calls:
+                    break
+                await asyncio.sleep(0.1)
+            pid = state["pid"]
         os.kill(parent_of(pid), signal.SIGKILL)  # the watchdog first: the server survives it
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(10) == -signal.SIGKILL
@@ -305,6 +316,11 @@ class TestReattach:
                     recovery_summary(engine.recovery)
                     == "recovery after a restart: 1 running agent(s) re-attached"
                 )
+                adopted = [d for _, d in events(led, sid, ["session.adopted"])]  # the engine is now its
+                assert [(d["engine"], d["reason"]) for d in adopted] == [
+                    (engine.engine_id, "the engine restarted")
+                ]
+                assert led.session(sid).engine == engine.engine_id  # type: ignore[union-attr]
                 assert await wait_status(led, sid, {"completed", "failed", "stopped"}, 90) == "completed"
                 assert flag.exists()
                 calls = [(d["tool"], d["status"]) for _, d in events(led, sid, ["tool.called"])]
@@ -340,7 +356,10 @@ class TestReattach:
                 return [d["call_id"] for _, d in events(led, sid, ["tool.called"])]
 
         async with asyncio.timeout(150):
-            async with outliving_agent(tmp_path, scripted_model, request, marker, replies=2) as (sid, pid):
+            async with outliving_agent(tmp_path, scripted_model, request, marker, replies=2, calls=1) as (
+                sid,
+                pid,
+            ):
                 calls_then = recorded_calls()
                 assert len(calls_then) == 1, "the first engine recorded the first call"
                 await asyncio.to_thread(
@@ -495,14 +514,20 @@ class TestTwoEngines:
                 assert led.session(sid).status == "revoked"  # type: ignore[union-attr]
         assert opencode_processes(tmp_path / "agents") == []
 
-    async def test_waiting_on_a_session_whose_engine_died_says_so(
+    async def test_the_sessions_of_an_engine_that_dies_are_settled_by_one_that_runs(
         self, tmp_path: Path, scripted_model: ScriptedModel, marker: str
     ) -> None:
-        """An engine waits for a session that `ledger serve` (another process) runs; that process is
-        killed with -9: the wait ends at once with an error saying the next start settles it, and a
-        wait begun afterwards says the same (never "done" on a session still shown as running)."""
+        """Two engines wait for a session that `ledger serve` (another process) runs; that process is
+        killed with -9 (its watchdog then ends the agent's server): the waiting call returns the
+        session as interrupted, naming the dead engine's process; exactly one of the two engines
+        recorded it (the record is conditional), the session's folder is tidied, and a later wait
+        answers at once."""
         scripted_model.add([HangStep(keepalive=0.2)], match=marker)
-        async with asyncio.timeout(120), running_engine(tmp_path, scripted_model) as watcher:
+        async with (
+            asyncio.timeout(120),
+            running_engine(tmp_path, scripted_model) as watcher,
+            running_engine(tmp_path, scripted_model) as other_watcher,
+        ):
             async with ledger_serve(tmp_path, scripted_model) as (proc, url, token):
                 async with Client(url, auth=token) as c:
                     sid = await spawn_reviewer(c, tmp_path, marker)
@@ -517,11 +542,64 @@ class TestTwoEngines:
                     assert not waiting.done()  # the other engine is alive: waiting on the ledger
                     proc.send_signal(signal.SIGKILL)
                     assert proc.wait(10) == -signal.SIGKILL
-                    with pytest.raises(ToolError, match="stopped without recording its end"):
-                        await asyncio.wait_for(waiting, 10)
-                    with pytest.raises(ToolError, match="next start of `ledger serve`"):
+                    waited = (await asyncio.wait_for(waiting, 15)).data
+                    assert waited["done"] is True
+                    assert waited["status"] == "interrupted"
+                    assert (
+                        f"its engine (process {proc.pid}) stopped without recording its end"
+                        in (waited["end_reason"])
+                    )
+                    again = (
                         await mine.call_tool("wait_for_agent", {"session_id": sid, "timeout_seconds": 5})
+                    ).data
+                    assert again["status"] == "interrupted"
+            led = watcher.ledger
+            assert led is not None
+            await asyncio.sleep(2 * 1.0)  # both followers have looked again: nothing more is recorded
+            assert types_of(led, sid).count("session.interrupted") == 1
+            # its server dies with its watchdog: adopted first only if it was still exiting
+            assert types_of(led, sid).count("session.adopted") <= 1
+            hows = [
+                e.service.orphans.settled.get(sid)  # type: ignore[union-attr]
+                for e in (watcher, other_watcher)
+            ]
+            assert hows.count("interrupted") == 1, hows  # the other found it settled, or never looked
+            assert set(hows) <= {"interrupted", "taken", None}, hows
+            await wait_until(
+                lambda: sorted(p.name for p in (tmp_path / "agents" / sid).iterdir()) == ["opencode.log"],
+                10,
+                "the dead engine's agent folder to be tidied",
+            )
             await wait_no_opencode(tmp_path / "agents", 20)
+
+    async def test_an_agent_that_outlives_its_engine_is_adopted_by_one_that_runs(
+        self, tmp_path: Path, scripted_model: ScriptedModel, marker: str
+    ) -> None:
+        """`ledger serve` and the agent's watchdog die (kill -9) while another engine runs on the same
+        ledger: within a poll that engine adopts the session (`session.adopted`, naming both
+        engines), supervises the agent, and can stop it; nothing is left running."""
+        scripted_model.add([HangStep(keepalive=0.2)], match=marker)
+        request = root_request(tmp_path / "project", "reviewer", f"{marker} review")
+        async with asyncio.timeout(120), running_engine(tmp_path, scripted_model) as engine:
+            led = engine.ledger
+            assert led is not None
+            manager = engine.service.manager  # type: ignore[union-attr]
+            async with outliving_agent(tmp_path, scripted_model, request, marker) as (sid, pid):
+                await wait_until(lambda: manager.supervises(sid), 15, "the running engine to adopt the agent")
+                st = led.session(sid)
+                assert st is not None
+                assert st.status == "running"
+                assert st.engine == engine.engine_id
+                adopted = [d for _, d in events(led, sid, ["session.adopted"])]
+                assert len(adopted) == 1
+                assert adopted[0]["engine"] == engine.engine_id
+                assert adopted[0]["previous_engine"] not in (None, engine.engine_id)
+                async with Client(engine.mcp) as c:
+                    stopped = (await c.call_tool("stop_agent", {"session_id": sid})).data
+                assert stopped["status"] == "stopped"
+                await wait_until(lambda: server_gone(pid), 15, "the adopted agent's server to stop")
+                assert led.replay(check=True).ok
+        assert opencode_processes(tmp_path / "agents") == []
 
     async def test_the_server_of_a_session_that_ended_while_no_engine_ran_is_stopped(
         self, tmp_path: Path, scripted_model: ScriptedModel, marker: str
