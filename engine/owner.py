@@ -2,9 +2,13 @@
 
 Several engines may share one ledger (two MCP clients each starting `ledger serve` on the default
 one). Each approved delegation records the engine that runs it (``gate.decided`` ``engine``), an
-id ``<boot id>/<pid>/<process start ticks>/<instance>``: the process (a pid is never the same
-process twice within one boot, given its start time) and the Engine instance inside it. On start,
-recovery settles only the sessions whose engine is gone; those of a live engine are left to it.
+id ``<boot id>:<pid namespace>/<pid>/<process start ticks>/<instance>``: the process (a pid is
+never the same process twice within one boot and pid namespace, given its start time) and the
+Engine instance inside it. Recovery, and the engines that run, settle only the sessions whose
+engine is gone; those of a live engine are left to it. An engine of another pid namespace (another
+container sharing the ledger file) cannot be seen from here: it counts as alive, never as gone, so
+its sessions are never taken from it by mistake (a SQLite ledger in WAL mode is shared by one host
+only, so an engine of another boot id is gone).
 """
 
 from __future__ import annotations
@@ -24,6 +28,21 @@ def _boot_id() -> str:
             return f.read().strip()
     except OSError:
         return "no-boot-id"
+
+
+@cache
+def _pid_namespace() -> str:
+    """This process's pid namespace (the inode of /proc/self/ns/pid), or "" where there is none."""
+    try:
+        link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return ""
+    return "".join(c for c in link if c.isdigit())
+
+
+def _host() -> str:
+    ns = _pid_namespace()
+    return f"{_boot_id()}:{ns}" if ns else _boot_id()
 
 
 def _start_ticks(pid: int) -> str | None:
@@ -50,7 +69,7 @@ def _start_ticks(pid: int) -> str | None:
 def new_engine_id() -> str:
     """An id for an engine instance starting in this process, registered as running."""
     pid = os.getpid()
-    engine_id = f"{_boot_id()}/{pid}/{_start_ticks(pid)}/{uuid.uuid4().hex[:12]}"
+    engine_id = f"{_host()}/{pid}/{_start_ticks(pid)}/{uuid.uuid4().hex[:12]}"
     _running.add(engine_id)
     return engine_id
 
@@ -64,9 +83,13 @@ def engine_alive(engine_id: str) -> bool:
     parts = engine_id.split("/")
     if len(parts) != 4 or not parts[1].isdigit():
         return False
-    boot, pid, ticks, _ = parts
+    host, pid, ticks, _ = parts
+    boot, _, ns = host.partition(":")
     if boot != _boot_id():
-        return False
+        return False  # the machine rebooted since
+    if ns and ns != _pid_namespace():
+        return True  # another container's: its pids are not ours to look up
+    # (an id without a namespace, written before they were recorded, is judged by its pid, as then)
     if int(pid) == os.getpid():
         return engine_id in _running
     now = _start_ticks(int(pid))

@@ -85,8 +85,8 @@ class GateDecided(_Event):
     )
     engine: str | None = Field(
         None,
-        description="the engine that runs the delegation once approved ('<boot id>/<pid>/<start ticks>/"
-        "<instance>'): a restarted engine leaves alone the sessions of an engine that still runs",
+        description="the engine that runs the delegation once approved ('<boot id>:<pid namespace>/<pid>/"
+        "<start ticks>/<instance>'): other engines leave alone the sessions of an engine that still runs",
     )
 
 

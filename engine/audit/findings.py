@@ -36,6 +36,11 @@ CODES: dict[str, tuple[str, str]] = {
     "ACTION_NOT_COVERED": (WARNING, "a tool ran that the agent's recorded permissions do not allow"),
     "DELEGATION_REFUSED": (INFO, "the gate refused a delegation"),
     "DELEGATION_REVOKED": (INFO, "a delegation was revoked"),
+    "SESSION_INTERRUPTED": (
+        WARNING,
+        "a session ended because its engine stopped: its work may be unfinished",
+    ),
+    "SESSION_ADOPTED": (INFO, "an engine took over a session whose engine had stopped"),
 }
 
 
@@ -250,6 +255,34 @@ def hop_findings(
                     seq=act["seq"],
                 )
             )
+    return out
+
+
+def supervision_findings(hop: dict[str, Any], entries: list[Any]) -> list[dict[str, Any]]:
+    """Who supervised the session: each takeover by another engine (``session.adopted``), and an end
+    by interruption (its engine stopped, and the agent's server with it)."""
+    sid, out = hop["session_id"], []
+    for e in entries:
+        if e.type == "session.adopted" and e.data is not None:
+            out.append(
+                finding(
+                    "SESSION_ADOPTED",
+                    f"engine {e.data.get('engine')} took over from engine "
+                    f"{e.data.get('previous_engine') or '(not recorded)'}: {e.data.get('reason')}",
+                    session_id=sid,
+                    seq=e.seq,
+                )
+            )
+    if hop["status"] == "interrupted":
+        terminal = hop["evidence"].get("terminal") or {}
+        out.append(
+            finding(
+                "SESSION_INTERRUPTED",
+                f"{hop['role']} was interrupted: {hop['end_reason'] or '(reason pruned)'}",
+                session_id=sid,
+                seq=terminal.get("seq"),
+            )
+        )
     return out
 
 

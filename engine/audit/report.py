@@ -238,7 +238,9 @@ def _build_report(
         hops = [h for h in hops if h["session_id"] in keep]
         audited = [h for h in hops if h["in_window"]]
         for h in audited:  # what needs no re-run first: the helper may still be re-running
-            found += fnd.hop_findings(h, sc.by_stream[h["session_id"]][-1].at_us, now, stale_after)
+            entries = sc.by_stream[h["session_id"]]
+            found += fnd.hop_findings(h, entries[-1].at_us, now, stale_after)
+            found += fnd.supervision_findings(h, entries)
         newest = _checkpoint(ledger, sc)
         kept, retention_findings = fnd.retention(sc, retention_min, now)
         done = reruns.result()

@@ -15,7 +15,14 @@ from audit_support import CLEAN_TASK, TASK, Chain, Cli
 import gate
 from engine.audit import build_report, render, seal
 from ledger import Ledger, canonical_bytes
-from schemas.events import AgentSpawned, DelegationRequested, GateDecided, Verdict
+from schemas.events import (
+    AgentSpawned,
+    DelegationRequested,
+    GateDecided,
+    SessionAdopted,
+    SessionInterrupted,
+    Verdict,
+)
 
 pytestmark = pytest.mark.integration
 Hops = Callable[[dict[str, Any]], dict[str, dict[str, Any]]]
@@ -215,35 +222,76 @@ class TestDamagedPrunedOpen:
         code, _, _ = Cli(db)(TASK, "--retention-min", "0d", "--constitution", str(chain_keys.constitution))
         assert code == 1  # the overrun is still on record (its counters come from the snapshot)
 
+    @staticmethod
+    def _orphan(led: Ledger, chain_keys: Chain, rules: gate.Constitution) -> None:
+        """An approved, running session "orphan" of the clean task, recorded by hand."""
+        request = (
+            next(led.entries(stream=chain_keys.ids["clean"], types=["delegation.requested"])).data() or {}
+        )["request"]
+        led.append("orphan", DelegationRequested(request=request))
+        verdict = Verdict(
+            decision="approved",
+            profile="default",
+            ruleset_hash=rules.ruleset_hash,
+            ledger_head=led.head().hex,
+        )
+        led.append(
+            "orphan", GateDecided(verdict=verdict, task_id=CLEAN_TASK, role="tester", engine="boot/1/1/a")
+        )
+        led.append(
+            "orphan",
+            AgentSpawned(
+                session_id="orphan",
+                task_id=CLEAN_TASK,
+                role="tester",
+                root_session_id="orphan",
+                principal="tester",
+                delegator="Project Manager",
+                timeout_seconds=600,
+            ),
+        )
+
+    def test_takeover_and_interruption_are_reported(
+        self, chain_keys: Chain, tmp_path: Path, rules: gate.Constitution
+    ) -> None:
+        """A session adopted by another engine after its own stopped, then interrupted: an info finding
+        names both engines at the adoption's seq, a warning gives the interruption's reason at its seq;
+        every format renders them."""
+        db = chain_keys.copy_to(tmp_path / "copy")
+        with Ledger.open(db, create=False) as led:
+            self._orphan(led, chain_keys, rules)
+            adopted = led.append(
+                "orphan",
+                SessionAdopted(
+                    session_id="orphan",
+                    engine="boot/2/2/b",
+                    previous_engine="boot/1/1/a",
+                    reason="its engine (process 1) stopped without recording its end",
+                ),
+            )
+            ended = led.append(
+                "orphan", SessionInterrupted(session_id="orphan", reason="the agent's server is gone")
+            )
+            report = build_report(led, CLEAN_TASK, current=rules)
+        mine = {f["code"]: f for f in report["findings"] if f["session_id"] == "orphan"}
+        assert mine["SESSION_ADOPTED"]["severity"] == "info"
+        assert mine["SESSION_ADOPTED"]["seq"] == adopted.seq
+        assert "engine boot/2/2/b took over from engine boot/1/1/a" in mine["SESSION_ADOPTED"]["message"]
+        assert mine["SESSION_INTERRUPTED"]["severity"] == "warning"
+        assert mine["SESSION_INTERRUPTED"]["seq"] == ended.seq
+        assert "the agent's server is gone" in mine["SESSION_INTERRUPTED"]["message"]
+        assert "SESSION_OPEN" not in mine
+        envelope = seal(report)
+        for fmt in ("text", "md", "html", "csv"):
+            assert "SESSION_INTERRUPTED" in render(envelope, fmt)
+
     def test_open_session_is_stale_after_its_time(
         self, chain_keys: Chain, tmp_path: Path, rules: gate.Constitution
     ) -> None:
         """A session that never reached a terminal state is open now, stale (a violation) an hour later."""
         db = chain_keys.copy_to(tmp_path / "copy")
         with Ledger.open(db, create=False) as led:
-            request = (
-                next(led.entries(stream=chain_keys.ids["clean"], types=["delegation.requested"])).data() or {}
-            )["request"]
-            led.append("orphan", DelegationRequested(request=request))
-            verdict = Verdict(
-                decision="approved",
-                profile="default",
-                ruleset_hash=rules.ruleset_hash,
-                ledger_head=led.head().hex,
-            )
-            led.append("orphan", GateDecided(verdict=verdict, task_id=CLEAN_TASK, role="tester"))
-            led.append(
-                "orphan",
-                AgentSpawned(
-                    session_id="orphan",
-                    task_id=CLEAN_TASK,
-                    role="tester",
-                    root_session_id="orphan",
-                    principal="tester",
-                    delegator="Project Manager",
-                    timeout_seconds=600,
-                ),
-            )
+            self._orphan(led, chain_keys, rules)
             now = datetime.now(UTC)
             open_now = build_report(led, CLEAN_TASK, current=rules, now=now)
             later = build_report(led, CLEAN_TASK, current=rules, now=now + timedelta(hours=2))

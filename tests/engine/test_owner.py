@@ -37,10 +37,28 @@ def test_an_engine_of_another_process_runs_while_that_process_does() -> None:
 def test_ids_of_another_boot_or_malformed_are_not_alive() -> None:
     mine = new_engine_id()
     try:
-        boot, pid, ticks, instance = mine.split("/")
+        host, pid, ticks, instance = mine.split("/")
+        boot = host.partition(":")[0]
         assert not engine_alive(f"another-boot/{pid}/{ticks}/{instance}")
         assert not engine_alive(f"{boot}/1/{ticks}/{instance}")  # pid 1 did not start then
         assert not engine_alive("garbage")
         assert not engine_alive(f"{boot}/x/{ticks}/{instance}")
+    finally:
+        engine_stopped(mine)
+
+
+def test_an_engine_of_another_pid_namespace_is_never_taken_for_gone() -> None:
+    """Another container sharing the ledger file: its pids mean nothing here, so its engine counts as
+    alive (its sessions are left to it), even when no process here has its pid; an id of this
+    namespace, or one written before namespaces were recorded, is judged by its pid."""
+    mine = new_engine_id()
+    try:
+        host, _pid, ticks, instance = mine.split("/")
+        boot, _, ns = host.partition(":")
+        assert ns.isdigit(), "this Linux records the engine's pid namespace"
+        assert engine_alive(f"{boot}:{int(ns) + 1}/999999/{ticks}/{instance}")
+        assert not engine_alive(f"{boot}:{ns}/999999/{ticks}/{instance}")
+        assert not engine_alive(f"{boot}/999999/{ticks}/{instance}")
+        assert not engine_alive(f"another-boot:{int(ns) + 1}/999999/{ticks}/{instance}")  # rebooted since
     finally:
         engine_stopped(mine)
