@@ -113,6 +113,7 @@ def serve(
 
     async def run() -> None:
         engine = Engine(settings, model_base_url=scripted_model)
+        engine.notify = err.print  # sessions of another engine that dies meanwhile, as they are settled
         try:
             await engine.start(http_port=port if transport == "http" else None)
         except ConstitutionError as exc:

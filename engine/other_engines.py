@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import logfire
+
 from engine.backend import AgentBackend
 from engine.manager import AgentManager
 from engine.owner import engine_alive, engine_pid, runs_elsewhere
@@ -88,9 +90,10 @@ class Orphans:
         engine_id: str,
         mcp_url: str | None,
         adopt: Callable[[str, Any], None],
+        notify: Callable[[str], None] | None = None,
     ) -> None:
         self.ledger, self.backend, self.manager = ledger, backend, manager
-        self.engine_id, self.mcp_url, self.adopt = engine_id, mcp_url, adopt
+        self.engine_id, self.mcp_url, self.adopt, self.notify = engine_id, mcp_url, adopt, notify
         self._lock = asyncio.Lock()  # one settling at a time: the follower's and a waiter's
         #: what was settled here, by session: "reattached", "interrupted" or "taken" (by another engine)
         self.settled: dict[str, str] = {}
@@ -119,6 +122,14 @@ class Orphans:
                 with contextlib.suppress(Exception):
                     await self.backend.stop_leftover(session_id)
             self.settled[session_id] = how
+            if how != "taken":
+                told = f"session {session_id} of the engine of process {engine_pid(st.engine or '')}, which "
+                told += (
+                    f"stopped without recording its end: {'re-attached here' if how == 'reattached' else how}"
+                )
+                logfire.warn(told)
+                if self.notify is not None:
+                    self.notify(told)
             return how
 
     async def follow(self) -> None:

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import secrets
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ class Engine:
         self.engine_id: str | None = None
         self._revocations: asyncio.Task[None] | None = None
         self._orphans: asyncio.Task[None] | None = None
+        #: told, in one line, of each session of a stopped engine settled while this one runs
+        self.notify: Callable[[str], None] | None = None
 
     async def start(self, *, http_port: int | None = None) -> Engine:
         s = self.settings
@@ -112,6 +115,7 @@ class Engine:
             engine_id=self.engine_id,
             mcp_url=self.agent_mcp_url,
             adopt=lambda sid, agent: readopt(service, sid, agent),
+            notify=self.notify,
         )
         self._orphans = asyncio.create_task(service.orphans.follow())
         # off the critical path: the pool fills in the background, warming up in the one allowed

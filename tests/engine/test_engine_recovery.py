@@ -528,6 +528,9 @@ class TestTwoEngines:
             running_engine(tmp_path, scripted_model) as watcher,
             running_engine(tmp_path, scripted_model) as other_watcher,
         ):
+            told: list[str] = []
+            for e in (watcher, other_watcher):
+                e.service.orphans.notify = told.append  # type: ignore[union-attr]
             async with ledger_serve(tmp_path, scripted_model) as (proc, url, token):
                 async with Client(url, auth=token) as c:
                     sid = await spawn_reviewer(c, tmp_path, marker)
@@ -564,6 +567,10 @@ class TestTwoEngines:
                 for e in (watcher, other_watcher)
             ]
             assert hows.count("interrupted") == 1, hows  # the other found it settled, or never looked
+            assert told == [
+                f"session {sid} of the engine of process {proc.pid}, which stopped without recording its "
+                "end: interrupted"
+            ]
             assert set(hows) <= {"interrupted", "taken", None}, hows
             await wait_until(
                 lambda: sorted(p.name for p in (tmp_path / "agents" / sid).iterdir()) == ["opencode.log"],
