@@ -29,7 +29,7 @@ from engine.backend import (
     ToolUse,
 )
 from engine.permissions import PermissionPolicy
-from ledger import Ledger
+from ledger import Ledger, LedgerError
 from schemas.events import (
     TERMINAL_STATUSES,
     AgentCompleted,
@@ -103,6 +103,11 @@ class AgentManager:
         self._closing = False
         #: seconds without an event after which the agent's server is probed
         self.stall_probe_s = 15.0
+        #: ends the ledger could not record (disk full): (event, why), retried until it can
+        self.unrecorded: dict[str, tuple[Any, str]] = {}
+        self._retrying: asyncio.Task[None] | None = None
+        #: seconds between two attempts to record them
+        self.retry_s = 1.0
 
     # -- queries -------------------------------------------------------------------------------
     def get(self, session_id: str) -> Supervised | None:
@@ -221,6 +226,12 @@ class AgentManager:
             ),
             return_exceptions=True,
         )
+        if self._retrying is not None:
+            self._retrying.cancel()
+            with contextlib.suppress(BaseException):
+                await self._retrying
+        with contextlib.suppress(Exception):  # a last try; what is left, the next start interrupts
+            await self.record_unrecorded()
 
     # -- supervision -------------------------------------------------------------------------------
     async def _supervise(self, sup: Supervised, attached: bool = False) -> None:
@@ -271,7 +282,10 @@ class AgentManager:
                     await asyncio.shield(sup.agent.close())
             state = self.ledger.session(sid)
             if terminal is not None and (state is None or state.status not in TERMINAL_STATUSES):
-                await asyncio.shield(record(self.ledger, sid, terminal))
+                try:
+                    await asyncio.shield(record(self.ledger, sid, terminal))
+                except LedgerError as exc:  # kept, and recorded once the ledger can write again
+                    self._unrecorded(sid, terminal, exc)
             if isinstance(terminal, AgentCompleted):
                 self.stats.completed += 1
             elif isinstance(terminal, AgentStopped):
@@ -286,6 +300,30 @@ class AgentManager:
             if self._on_finished is not None:
                 with contextlib.suppress(Exception):
                     await self._on_finished(sid)
+
+    def _unrecorded(self, sid: str, terminal: Any, exc: LedgerError) -> None:
+        why = f"{type(exc).__name__}: {exc}"
+        self.unrecorded[sid] = (terminal, why)
+        logfire.warn("the end of {session_id} could not be recorded: {why}", session_id=sid, why=why)
+        if self._retrying is None or self._retrying.done():
+            self._retrying = asyncio.create_task(self._retry(), name="ledger-retry")
+
+    async def _retry(self) -> None:
+        while self.unrecorded:
+            await asyncio.sleep(self.retry_s)
+            await self.record_unrecorded()
+
+    async def record_unrecorded(self) -> bool:
+        """Record the ends kept while the ledger could not write, in order; True when none is left."""
+        for sid, (terminal, _why) in list(self.unrecorded.items()):
+            state = self.ledger.session(sid)
+            if state is None or state.status not in TERMINAL_STATUSES:
+                try:
+                    await record(self.ledger, sid, terminal)
+                except LedgerError:
+                    return False  # still full: the next round tries again
+            del self.unrecorded[sid]
+        return True
 
     async def _follow(self, sup: Supervised) -> Any:
         """Record the agent's events until its turn ends; return the terminal event to record."""

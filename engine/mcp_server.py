@@ -206,9 +206,13 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
     async def query_session(session_id: Str) -> dict[str, Any]:
         """State of one delegation: status, role, depth, tokens, cost, children, last output."""
         try:
-            return service.check_access(caller(), session_id).model_dump()
+            state = service.check_access(caller(), session_id).model_dump()
         except DelegationError as exc:
             raise _tool_error(exc) from None
+        kept = service.manager.unrecorded.get(session_id)
+        if kept is not None:  # ended here, but the ledger (full) could not record it yet
+            state["unrecorded_end"] = {"type": kept[0].type, "why": kept[1]}
+        return state
 
     @mcp.tool
     async def send_to_agent(session_id: Str, message: Str) -> dict[str, Any]:

@@ -43,3 +43,8 @@ class OtherEngine(DelegationError):
 
 class OtherEngineGone(DelegationError):
     """The engine that ran the session stopped without recording its end."""
+
+
+class LedgerUnavailable(DelegationError):
+    """The agent ended (stopped: its work could no longer be recorded), but the ledger could not record
+    its end; the engine records it as soon as the ledger can write again."""

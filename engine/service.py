@@ -28,6 +28,7 @@ from engine.other_engines import Orphans, other_engine, wait_on_ledger
 from engine.permissions import PermissionPolicy
 from engine.refusals import (
     DelegationRefused,
+    LedgerUnavailable,
     NotAllowed,
     OtherEngine,
     OtherEngineGone,
@@ -311,6 +312,7 @@ class DelegationService:
                     or st.engine in (None, self.engine_id)
                 ):
                     done = await self.manager.wait(session_id, left)
+                    self._recorded(session_id)
                     break
                 try:  # another engine's: it records the end
                     done = await wait_on_ledger(self.ledger, session_id, left)
@@ -323,6 +325,17 @@ class DelegationService:
             else:
                 raise OtherEngineGone(f"session {session_id} changed engines too often while waited for")
         return self.state(session_id), done
+
+    def _recorded(self, session_id: str) -> None:
+        """Refuse to answer with a state the ledger could not record the end of (a full disk)."""
+        kept = self.manager.unrecorded.get(session_id)
+        if kept is not None:
+            terminal, why = kept
+            raise LedgerUnavailable(
+                f"session {session_id} ended ({terminal.type}), but the ledger could not record it ({why}); "
+                "its agent was stopped, as nothing it does can be recorded. This engine records the end "
+                f"as soon as the ledger can write again (it tries every {self.manager.retry_s:g} s)"
+            )
 
     def _here(self, st: SessionState, doing: str) -> None:
         """Refuse to act on a session that another engine runs (it alone holds its agent)."""
