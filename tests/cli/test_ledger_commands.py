@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from ledger import Entry, Ledger, verify_entries
 from schemas.events import AgentCompleted, AgentSpawned, GateDecided, OutputReceived, Tokens, Verdict
 
@@ -277,3 +280,16 @@ def test_verify_against_a_published_checkpoint(run: Any, tmp_path: Path) -> None
     report = run.json("verify", "--checkpoint", str(published), code=1)
     assert report["problem"] == "truncated_tail"
     run("verify", "--checkpoint", str(tmp_path / "missing"), code=2)
+
+
+@given(st.lists(st.text("0123456789abcdef-", min_size=1, max_size=40), min_size=1, max_size=30, unique=True))
+def test_short_ids_are_unique_prefixes(names: list[str]) -> None:
+    """Each shortened id is a prefix of its own name, at least 8 characters long (or the whole name), and
+    starts no other name of the table, so giving it back names that one stream."""
+    from cli.query_cmds import _short
+
+    short = _short(names)
+    for name, s in short.items():
+        assert name.startswith(s)
+        assert len(s) >= min(8, len(name))
+        assert [n for n in names if n.startswith(s)] == [name] or s == name
