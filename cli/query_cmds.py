@@ -15,6 +15,7 @@ from cli.render import emit_json, fail, out, table
 from ledger import Entry, Ledger, LedgerError
 from ledger.entry import datetime_to_us
 from schemas.events import EVENT_TYPES, TERMINAL_STATUSES, OperatorNote
+from schemas.state import SessionState
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -152,13 +153,23 @@ def sessions(
     task: TaskOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """List delegation sessions with their state, depth, tokens and cost."""
+    """List delegation sessions with their state, depth, tokens and cost.
+
+    A live session whose engine is gone (killed, crashed) is marked "(engine gone)": an engine that
+    runs on this ledger, or the next one to start, settles it."""
     with STATE.open() as led:
         found = led.sessions(task_id=task)
     if active:
         found = [s for s in found if s.status not in TERMINAL_STATUSES]
+    from engine.owner import engine_alive
+
+    alive = {e: engine_alive(e) for e in {s.engine for s in found if s.engine}}
+
+    def orphaned(s: SessionState) -> bool:  # live, but its engine is gone: the next engine settles it
+        return s.status not in TERMINAL_STATUSES and s.engine is not None and not alive[s.engine]
+
     if want_json(json_out):
-        emit_json([s.model_dump() for s in found])
+        emit_json([{**s.model_dump(), "engine_alive": alive.get(s.engine or "")} for s in found])
         return
     ids = _short([s.session_id for s in found] + [s.parent_session_id for s in found if s.parent_session_id])
     tasks = _short(s.task_id for s in found)
@@ -170,7 +181,7 @@ def sessions(
                 ids[s.session_id],
                 tasks[s.task_id],
                 s.role,
-                s.status,
+                s.status + (" (engine gone)" if orphaned(s) else ""),
                 s.depth,
                 ids[s.parent_session_id] if s.parent_session_id else "",
                 s.tokens_used,

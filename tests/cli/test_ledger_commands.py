@@ -123,6 +123,31 @@ class TestQueries:
         assert len(shown["events"]) == 4
         run("show", "nope", code=2)
 
+    def test_sessions_whose_engine_is_gone_are_marked(self, run: Any) -> None:
+        """A live session whose engine process is gone is marked "(engine gone)" in the table and has
+        engine_alive false in JSON; one whose engine runs is alive; an ended one is not marked."""
+        from engine.owner import engine_stopped, new_engine_id
+
+        run("init")
+        mine = new_engine_id()
+        host, _pid, ticks, _instance = mine.split("/")
+        dead = f"{host}/999999/{ticks}/gone"
+        v = Verdict(decision="approved", profile="default", ruleset_hash="sha256:x")
+        try:
+            with Ledger.open(run.db) as led:
+                for sid, engine in (("live-dead", dead), ("live-mine", mine)):
+                    led.append(sid, GateDecided(verdict=v, task_id="T-1", role="tester", engine=engine))
+                _finished_session(led, "ended-one")
+            alive = {s["session_id"]: s["engine_alive"] for s in run.json("sessions")}
+            assert alive == {"live-dead": False, "live-mine": True, "ended-one": None}
+            table = run("sessions").stdout
+            assert table.count("(engine gone)") == 1
+            lines = table.splitlines()
+            at = next(i for i, li in enumerate(lines) if "live-dead" in li)
+            assert "(engine gone)" in " ".join(li.split("│")[4].strip() for li in lines[at : at + 2])
+        finally:
+            engine_stopped(mine)
+
     def test_export_is_reverifiable_anywhere(self, run: Any, tmp_path: Path) -> None:
         """`ledger export` writes JSON Lines that verify_entries accepts as a chain."""
         run("init")
