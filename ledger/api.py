@@ -154,7 +154,10 @@ class Ledger:
 
     async def append_async(self, stream: str, event: BaseModel | Mapping[str, Any]) -> Entry:
         """Append from a coroutine; concurrent callers share commits (group commit)."""
-        p = self._pending(stream, event)
+        return await self._queued(self._pending(stream, event))
+
+    async def _queued(self, p: Pending) -> Entry:
+        """Hand `p` to the writer and wait, without blocking the event loop, until it is committed."""
         loop = asyncio.get_running_loop()
         p.loop = loop
         p.future = loop.create_future()
@@ -202,12 +205,7 @@ class Ledger:
         condition: Callable[[SessionState | None], str | None],
     ) -> Entry:
         """`append_if` from a coroutine (the condition runs on the writer's thread)."""
-        p = self._conditional(stream, event, condition)
-        loop = asyncio.get_running_loop()
-        p.loop = loop
-        p.future = loop.create_future()
-        self._writer.submit(p)
-        return await p.future
+        return await self._queued(self._conditional(stream, event, condition))
 
     def append_many(self, items: Sequence[tuple[str, BaseModel | Mapping[str, Any]]]) -> list[Entry]:
         """Append several events atomically: all commit in one transaction, or none does."""
