@@ -60,9 +60,8 @@ def _stream(led: Ledger, given: str, flag: str, *, new_hint: str = "") -> str:
     if not found:
         fail(f"{flag}: no stream or session {given!r} in {STATE.db_path}{new_hint}")
     shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")
-    fail(
-        f"{flag}: {given!r} is ambiguous: {'more than 5' if len(found) > 5 else len(found)} streams start with it ({shown})"
-    )
+    count = "more than 5" if len(found) > 5 else str(len(found))
+    fail(f"{flag}: {given!r} is ambiguous: {count} streams start with it ({shown})")
     raise AssertionError  # fail() exits
 
 

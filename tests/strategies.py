@@ -286,7 +286,8 @@ _OPS = (
 def lifecycles(draw: st.DrawFn, max_sessions: int = 6, max_ops: int = 24, text_size: int = 120) -> Lifecycle:
     """Spawn a tree of sessions (optionally gated first), then interleave outputs with token and cost
     counts, tool calls, messages, permission decisions, budget overruns, adoptions by another engine,
-    terminal events (completed, stopped, failed, interrupted), revocations of whole subtrees, operator notes and refused requests."""
+    terminal events (completed, stopped, failed, interrupted), revocations of whole subtrees, operator
+    notes and refused requests."""
     n = draw(st.integers(1, max_sessions))
     tag = draw(st.text("abcdefghijklmnopqrstuvwxyz", min_size=3, max_size=3))
     ids = [f"s-{tag}-{i}" for i in range(n)]

@@ -295,7 +295,8 @@ class TestReplayProperties:
     @given(lifecycles())
     def test_fold_of_events_equals_the_live_projection(self, life: Lifecycle) -> None:
         """For any lifecycle (nested spawns, outputs with tokens and cost, tool calls, terminal events,
-        subtree revocations, adoptions by another engine), folding the stored events equals the live projection, and replay --check is clean."""
+        subtree revocations, adoptions by another engine), folding the stored events equals the live
+        projection, and replay --check is clean."""
         with fresh_ledger() as led:
             append_all(led, life.steps)
             current = live(led)
