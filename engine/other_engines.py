@@ -62,17 +62,24 @@ async def follow_revocations(ledger: Ledger, manager: AgentManager) -> None:
     last = ledger.head().size
     while True:
         await asyncio.sleep(POLL_S)
-        head = ledger.head().size  # entries up to here are read now; later ones on the next round
-        if head <= last:
+        try:  # a failed read (the file busy, unreadable for a moment) is tried again next round
+            head = ledger.head().size  # entries up to here are read now; later ones on the next round
+            revoked = (
+                []
+                if head <= last
+                else list(ledger.entries(start=last + 1, stop=head, types=["delegation.revoked"]))
+            )
+        except Exception as exc:
+            logfire.warn("could not read the ledger for revocations: {error}", error=repr(exc))
             continue
-        for entry in ledger.entries(start=last + 1, stop=head, types=["delegation.revoked"]):
+        for entry in revoked:
             data = entry.data() or {}
             reason, by = f"revoked: {data.get('reason', '')}", str(data.get("by") or "delegator")
             for sid in [str(data.get("session_id")), *map(str, data.get("subtree") or ())]:
                 if manager.supervises(sid):
                     with contextlib.suppress(Exception):
                         await manager.stop(sid, reason, by)
-        last = head
+        last = max(last, head)
 
 
 class Orphans:
@@ -137,7 +144,12 @@ class Orphans:
         while True:
             await asyncio.sleep(ORPHANS_POLL_S)
             alive: dict[str, bool] = {}
-            for st in self.ledger.sessions(statuses=LIVE_STATUSES):
+            try:
+                live = self.ledger.sessions(statuses=LIVE_STATUSES)
+            except Exception as exc:  # tried again on the next round
+                logfire.warn("could not read the ledger's live sessions: {error}", error=repr(exc))
+                continue
+            for st in live:
                 if self._orphaned(st, alive):
                     with contextlib.suppress(Exception):  # tried again on the next round
                         await self.settle(st.session_id)
