@@ -36,6 +36,10 @@ CODES: dict[str, tuple[str, str]] = {
     "ACTION_NOT_COVERED": (WARNING, "a tool ran that the agent's recorded permissions do not allow"),
     "DELEGATION_REFUSED": (INFO, "the gate refused a delegation"),
     "DELEGATION_REVOKED": (INFO, "a delegation was revoked"),
+    "REQUEST_UNDECIDED": (
+        WARNING,
+        "a delegation request has no recorded decision (its engine stopped or could not write in between)",
+    ),
     "SESSION_INTERRUPTED": (
         WARNING,
         "a session ended because its engine stopped: its work may be unfinished",
@@ -93,6 +97,8 @@ def rerun_findings(hop: dict[str, Any]) -> list[dict[str, Any]]:
     if rerun is None:
         return []
     if rerun["status"] == "unavailable":
+        if hop["evidence"]["decided"] is None:
+            return []  # no decision at all: REQUEST_UNDECIDED says it
         return [
             finding(
                 "RERUN_UNAVAILABLE",
@@ -259,8 +265,9 @@ def hop_findings(
 
 
 def supervision_findings(hop: dict[str, Any], entries: list[Any]) -> list[dict[str, Any]]:
-    """Who supervised the session: each takeover by another engine (``session.adopted``), and an end
-    by interruption (its engine stopped, and the agent's server with it)."""
+    """Who supervised the session: each takeover by another engine (``session.adopted``), an end by
+    interruption (its engine stopped, and the agent's server with it), a request its engine never
+    decided."""
     sid, out = hop["session_id"], []
     for e in entries:
         if e.type == "session.adopted" and e.data is not None:
@@ -273,6 +280,18 @@ def supervision_findings(hop: dict[str, Any], entries: list[Any]) -> list[dict[s
                     seq=e.seq,
                 )
             )
+    requested, decided = hop["evidence"].get("requested"), hop["evidence"].get("decided")
+    if requested is not None and decided is None:
+        out.append(
+            finding(
+                "REQUEST_UNDECIDED",
+                f"the request for {hop['role'] or 'a role'} (seq {requested['seq']}) has no recorded decision: "
+                "its engine stopped, or could not write, between the request and the gate's decision; no "
+                "agent was started for it",
+                session_id=sid,
+                seq=requested["seq"],
+            )
+        )
     if hop["status"] == "interrupted":
         terminal = hop["evidence"].get("terminal") or {}
         out.append(

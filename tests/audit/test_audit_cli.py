@@ -251,6 +251,29 @@ class TestDamagedPrunedOpen:
             ),
         )
 
+    def test_a_request_left_without_a_decision_is_reported(
+        self, chain_keys: Chain, tmp_path: Path, rules: gate.Constitution
+    ) -> None:
+        """A delegation request whose decision was never recorded (the engine killed, or the disk full,
+        between the two appends): the audit runs, and shows it."""
+        db = chain_keys.copy_to(tmp_path / "copy")
+        with Ledger.open(db, create=False) as led:
+            request = (
+                next(led.entries(stream=chain_keys.ids["clean"], types=["delegation.requested"])).data() or {}
+            )["request"]
+            seq = led.append("undecided", DelegationRequested(request=request)).seq
+            report = build_report(led, CLEAN_TASK, current=rules)
+        mine = [f for f in report["findings"] if f["session_id"] == "undecided"]
+        assert [(f["code"], f["severity"], f["seq"]) for f in mine] == [("REQUEST_UNDECIDED", "warning", seq)]
+        assert "no recorded decision" in mine[0]["message"]
+        hop = next(h for h in report["tree"] if h["session_id"] == "undecided")
+        assert hop["decision"] is None
+        assert hop["rerun"]["status"] == "unavailable"
+        assert report["summary"]["result"] == "pass"
+        envelope = seal(report)
+        for fmt in ("text", "md", "html", "csv"):
+            assert render(envelope, fmt)
+
     def test_takeover_and_interruption_are_reported(
         self, chain_keys: Chain, tmp_path: Path, rules: gate.Constitution
     ) -> None:
