@@ -46,13 +46,12 @@ def _host() -> str:
 
 
 def _start_ticks(pid: int) -> str | None:
-    """The process's start time in clock ticks after boot (/proc/PID/stat field 22); None if gone."""
+    """The process's start time in clock ticks after boot (/proc/PID/stat field 22); None if gone; "?"
+    when the process exists but /proc does not show it (its start time cannot be compared then)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
-    except FileNotFoundError:
-        return None
-    except OSError:  # no /proc: the pid alone must do
+    except OSError:  # gone; or no /proc, or one that hides other users' processes (hidepid): ask the kernel
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
