@@ -15,10 +15,10 @@ is recorded once, when the engine catches up. Servers left by sessions that ende
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 from typing import Any
 
+from engine._watchdog import process_alive
 from engine.backend import AgentBackend
 from engine.manager import record
 from engine.owner import runs_elsewhere
@@ -40,18 +40,6 @@ def recorded(ledger: Ledger, session_id: str) -> tuple[set[str], set[str]]:
         elif entry.type == "output.received" and data.get("message_id"):
             messages.add(str(data["message_id"]))
     return calls, messages
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # someone else's: attach decides
-        return True
-    return True
 
 
 def _still_theirs(engine: str | None) -> Callable[[SessionState | None], str | None]:
@@ -88,7 +76,8 @@ async def settle(
         and st.server_url
         and st.opencode_session_id
         and engine_id is not None
-        and _alive(st.pid)  # else its server is gone for sure: no adoption to record
+        and st.pid is not None
+        and process_alive(st.pid)  # else its server is gone for sure: no adoption to record
     ):
         adoption = SessionAdopted(
             session_id=st.session_id, engine=engine_id, previous_engine=previous, reason=why
