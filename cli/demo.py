@@ -29,7 +29,7 @@ from fastmcp.client.transports import StdioTransport
 from fastmcp.exceptions import ToolError
 from rich.tree import Tree
 
-from cli.render import emit_json, out
+from cli.render import emit_json, out, styled
 from engine.scripted_model import ScriptedModel
 from engine.scripted_model.steps import HangStep, TextStep, ToolCallStep
 from ledger import Ledger
@@ -139,7 +139,7 @@ def _constitution(path: Path, project: Path) -> None:
 
 
 def _step(text: str) -> None:
-    out.print(f"[bold cyan]▶[/] {text}")
+    out.print(styled(("▶", "bold cyan"), f" {text}"))
 
 
 async def _wait_all_terminal(client: Client, timeout: float) -> None:
@@ -182,7 +182,7 @@ async def run_demo(keep: Path | None, as_json: bool) -> bool:
         ]
         transport = StdioTransport(sys.executable, args, env=env, cwd=str(work), log_file=work / "serve.log")
         if not as_json:
-            out.print(f"[bold]delegation-ledger demo[/] (offline; workspace {work})")
+            out.print(styled(("delegation-ledger demo", "bold"), f" (offline; workspace {work})"))
             _step("starting `ledger serve` over stdio and connecting a FastMCP client")
         async with Client(transport, timeout=180) as client:
             tools = sorted(t.name for t in await client.list_tools())
@@ -204,7 +204,7 @@ async def run_demo(keep: Path | None, as_json: bool) -> bool:
             except ToolError as exc:
                 summary["refusal"] = str(exc)
                 if not as_json:
-                    out.print("  [red]refused[/]: " + str(exc).replace("\n", "\n    "))
+                    out.print(styled("  ", ("refused", "red"), ": " + str(exc).replace("\n", "\n    ")))
             if not as_json:
                 _step("spawn_agent: a reviewer whose model never answers, then stop_agent")
             slow = (await client.call_tool("spawn_agent", reqs["slow"])).data["session_id"]
@@ -288,9 +288,13 @@ def _render(
 
     def add(node: Tree, st: dict[str, Any]) -> None:
         branch = node.add(
-            f"[bold]{st['role']}[/] {st['session_id'][:8]} [green]{st['status']}[/] "
-            f"depth {st['depth']}, {st['tokens_used']} tokens, ${st['cost_usd']:.4f}, "
-            f"{st['tool_calls']} tool call(s)"
+            styled(
+                (st["role"], "bold"),
+                f" {st['session_id'][:8]} ",
+                (st["status"], "green"),
+                f" depth {st['depth']}, {st['tokens_used']} tokens, ${st['cost_usd']:.4f}, "
+                f"{st['tool_calls']} tool call(s)",
+            )
         )
         for c in st.get("children", []):
             add(branch, c)
@@ -302,7 +306,9 @@ def _render(
     out.print("  " + note.rstrip().replace("\n", "\n  "))
     out.print("  events: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     for name, ok in checks.items():
-        out.print(f"  {'[green]✓[/]' if ok else '[red]✗[/]'} {name}")
+        out.print(styled("  ", ("✓", "green") if ok else ("✗", "red"), f" {name}"))
     out.print(
-        f"[bold]{'demo passed' if all(checks.values()) else 'demo FAILED'}[/] in {summary['seconds']} s"
+        styled(
+            ("demo passed" if all(checks.values()) else "demo FAILED", "bold"), f" in {summary['seconds']} s"
+        )
     )

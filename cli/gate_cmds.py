@@ -11,7 +11,7 @@ import typer
 
 import gate
 from cli.options import STATE, AllowRootOpt, ConstitutionOpt, want_json
-from cli.render import emit_json, fail, out, table
+from cli.render import emit_json, fail, out, styled, table
 from engine.chain_context import build_context
 from engine.roles import load_catalogue
 from engine.settings import EngineSettings, load_constitution_file
@@ -80,12 +80,14 @@ def check(
     else:
         colour = "green" if verdict.decision == "approved" else "bold red"
         out.print(
-            f"[{colour}]{verdict.decision.upper()}[/] (profile {verdict.profile}, ruleset "
-            f"{verdict.ruleset_hash[:23]}…)"
+            styled(
+                (verdict.decision.upper(), colour),
+                f" (profile {verdict.profile}, ruleset {verdict.ruleset_hash[:23]}…)",
+            )
         )
         for f in [*verdict.violations, *verdict.warnings]:
-            tag = "[red]error[/]  " if f.severity == "error" else "[yellow]warning[/]"
-            out.print(f"{tag} {f.rule} hop {f.hop} {f.path or '(request)'}: {f.message}")
+            tag = ("error  ", "red") if f.severity == "error" else ("warning", "yellow")
+            out.print(styled(tag, f" {f.rule} hop {f.hop} {f.path or '(request)'}: {f.message}"))
     raise typer.Exit(0 if verdict.decision == "approved" else 1)
 
 

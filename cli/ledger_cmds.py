@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cli.options import STATE, parse_duration, parse_when, want_json
-from cli.render import emit_json, err, fail, out, progress, table
+from cli.render import emit_json, err, fail, out, progress, styled, table
 from ledger import Ledger, LedgerError
 from ledger.checkpoint import load_verifier
 from ledger.witness import read_witness
@@ -111,26 +111,34 @@ def verify(
     else:
         if report.ok:
             out.print(
-                f"[green]ok[/]: {report.entries} entries verified ({report.pruned} pruned payloads), "
-                f"{report.checkpoints_checked} checkpoint(s) checked; head {report.head}"
+                styled(
+                    ("ok", "green"),
+                    f": {report.entries} entries verified ({report.pruned} pruned payloads), "
+                    f"{report.checkpoints_checked} checkpoint(s) checked; head {report.head}",
+                )
             )
         else:
             b = report.broken
             assert b is not None
-            out.print(f"[bold red]TAMPERED[/] at seq {b.seq}: {b.problem}: {b.message}")
+            out.print(styled(("TAMPERED", "bold red"), f" at seq {b.seq}: {b.problem}: {b.message}"))
             if b.expected or b.actual:
                 out.print(f"  expected {b.expected}\n  actual   {b.actual}")
         for w in report.warnings:
-            err.print(f"[yellow]warning:[/] {w}")
+            err.print(styled(("warning:", "yellow"), f" {w}"))
         for a in archives:
             if a.ok:
                 out.print(
-                    f"[green]ok[/]: archive {a.archive}: {a.checked} payloads match the retained hashes"
+                    styled(
+                        ("ok", "green"),
+                        f": archive {a.archive}: {a.checked} payloads match the retained hashes",
+                    )
                 )
             else:
                 out.print(
-                    f"[bold red]ARCHIVE MISMATCH[/] {a.archive}: {len(a.problems)} problem(s); first: "
-                    f"{a.problems[0]['message']}"
+                    styled(
+                        ("ARCHIVE MISMATCH", "bold red"),
+                        f" {a.archive}: {len(a.problems)} problem(s); first: {a.problems[0]['message']}",
+                    )
                 )
     raise typer.Exit(0 if ok else 1)
 
@@ -194,7 +202,10 @@ def replay(
         emit_json(report.to_json())
     elif check and not report.ok:
         out.print(
-            f"[bold red]DRIFT[/]: {len(report.drift)} difference(s) between the events and the projections"
+            styled(
+                ("DRIFT", "bold red"),
+                f": {len(report.drift)} difference(s) between the events and the projections",
+            )
         )
         table(
             None,
@@ -204,7 +215,9 @@ def replay(
     else:
         what = "checked" if check else "rebuilt"
         out.print(
-            f"[green]ok[/]: {what} {report.sessions} session(s) from {report.folded} projected event(s) "
-            f"of {report.events}"
+            styled(
+                ("ok", "green"),
+                f": {what} {report.sessions} session(s) from {report.folded} projected event(s) of {report.events}",
+            )
         )
     raise typer.Exit(0 if report.ok else 1)

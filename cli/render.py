@@ -11,9 +11,19 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+# Markup off: what is printed comes from the ledger, the user or an agent (a stream named "x[/]", a
+# tool output holding "[conceal]...") and is shown as it is, never read as rich markup (which would
+# hide text or crash); styles are given as (text, style) parts, see `styled`. Soft wrap: a line is
+# never broken by rich (a path or an id stays whole on its line; the terminal folds long lines).
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """One line of plain parts (shown as they are) and (text, style) parts."""
+    return Text.assemble(*parts)
 
 
 def emit_json(obj: Any) -> None:
@@ -31,7 +41,7 @@ def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any
 
 def fail(message: str, code: int = 2) -> None:
     """Print a clear error on stderr and exit with `code` (2 bad input, 1 problem found)."""
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    err.print(styled(("error:", "bold red"), f" {message}"))
     raise SystemExit(code)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cli.app import app
 from ledger import Entry, Ledger, verify_entries
 from schemas.events import AgentCompleted, AgentSpawned, GateDecided, OutputReceived, Tokens, Verdict
 
@@ -194,6 +195,33 @@ class TestQueries:
         # --new-stream on a stream that exists (or that a prefix names) notes it as usual
         again = run.json("note", "--stream", "ops-log", "--text", "t2", "--by", "ops", "--new-stream")
         assert again["stream"] == "ops-log"
+
+    def test_recorded_text_is_shown_as_it_is_never_as_markup(self, run: Any) -> None:
+        """What the ledger holds (an agent's output, a stream name, a note) is printed as written: text
+        that looks like rich markup is neither hidden nor styled, and never crashes a command (a stray
+        closing tag did, after the note was already recorded)."""
+        run("init")
+        stream, text, by = "x[/]y", "see [conceal]hidden[/conceal] and [/]", "eve[bold]"
+        with Ledger.open(run.db) as led:
+            led.append(stream, {"type": "operator.note", "text": text, "by": by})
+        noted = run("note", "--stream", stream, "--text", text, "--by", by)
+        assert f"recorded note on {stream} as seq 2" in noted.stdout
+        wide = run.runner.invoke(app, ["--db", str(run.db), "events"], env={"COLUMNS": "300"})
+        assert wide.exit_code == 0, wide.output
+        assert f"text={text}" in wide.stdout
+        assert "x[/]y" in run("show", stream).stdout
+        refused = run("events", "--stream", "zz[/]", code=2)
+        assert "no stream or session 'zz[/]'" in refused.output
+        assert "Traceback" not in refused.output
+
+    def test_errors_are_never_broken_across_lines(self, run: Any, tmp_path: Path) -> None:
+        """An error stays on one line whatever its length (rich used to fold it at 80 columns, which
+        split paths and phrases: a script's grep or a copied path then failed)."""
+        deep = tmp_path / ("d" * 90) / "ledger.db"
+        result = run.runner.invoke(app, ["--db", str(deep), "verify"])
+        assert result.exit_code == 2
+        lines = [li for li in result.output.splitlines() if li.strip()]
+        assert lines == [f"error: no ledger at {deep} (run `ledger init` first, or pass --db)"]
 
     def test_session_ids_may_be_shortened(self, run: Any) -> None:
         """`show`, `--stream` and `note` take a prefix that names one stream; an ambiguous prefix is
