@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from typing import Any
 
 from engine.audit.canonical import envelope_bytes, report_bytes
@@ -23,24 +24,31 @@ def json_bytes(envelope: dict[str, Any]) -> bytes:
     return envelope_bytes(envelope, report, b"\n")
 
 
+#: a cell a spreadsheet would take for a formula (CSV injection): =, +, -, @, tab or CR first
+_FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][+-]?\d+)?")
+
+
+def csv_cell(value: Any) -> Any:
+    """A cell as written to the CSV: text that a spreadsheet would run as a formula (a task id or an
+    agent's text starting with "=", say) gets a leading apostrophe, so it is shown as text (OWASP's
+    advice); numbers, and text starting otherwise, are written as they are. The JSON report keeps
+    the exact values."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_LEADS) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
 def render_csv(envelope: dict[str, Any]) -> str:
     """The audit's findings, one row each (violations first)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for f in envelope["report"]["findings"]:
-        writer.writerow(
-            [
-                f["severity"],
-                f["code"],
-                f["session_id"] or "",
-                "" if f["seq"] is None else f["seq"],
-                f["message"],
-                "" if f["expected"] is None else f["expected"],
-                "" if f["actual"] is None else f["actual"],
-                envelope["report_sha256"],
-            ]
-        )
+        row = (f["severity"], f["code"], f["session_id"], f["seq"], f["message"], f["expected"], f["actual"])
+        writer.writerow([*map(csv_cell, row), envelope["report_sha256"]])
     return buf.getvalue()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from engine.audit import labels
@@ -16,12 +17,46 @@ _CLASSES = {
 }
 
 
+#: What Markdown (CommonMark, GitHub's tables) reads as syntax in text that comes from the ledger (a
+#: caller's task id or constraints, an agent's tool input): emphasis (`**` in a scope, `__init__` in a
+#: path), links and images, code spans, strikethrough, raw HTML and table cells. Each is written
+#: escaped, so the rendered report shows that text exactly as it was recorded, and nothing in it is
+#: a link, a tag or a style.
+_ESCAPES = str.maketrans(
+    {c: "\\" + c for c in "\\`*_[]|~"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;", "\n": " ", "\r": " "}
+)
+#: what may stand in a code span as it is: hashes, ids, ruleset names (anything else is escaped text)
+_CODE = re.compile(r"[\w:./@+-]+")
+
+
+class _Md(str):
+    """Markdown written here (any text from the ledger in it escaped already): a cell takes it as it is."""
+
+
+def _text(value: Any) -> str:
+    return str("" if value is None else value).translate(_ESCAPES)
+
+
+def _code(value: Any) -> _Md:
+    """A hash or an id as a code span; any other text escaped (a backtick or `|` would break the span)."""
+    text = str(value)
+    return _Md(f"`{text}`" if _CODE.fullmatch(text) else _text(text))
+
+
 def _cell(value: Any) -> str:
-    return str("" if value is None else value).replace("|", "\\|").replace("\n", " ")
+    return value if isinstance(value, _Md) else _text(value)
 
 
 def _mermaid_text(value: str) -> str:
-    return value.replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
+    """Text inside a quoted Mermaid label: entity codes for what would end it or be read as markup."""
+    return (
+        value.replace("#", "#35;")
+        .replace('"', "#quot;")
+        .replace("<", "#lt;")
+        .replace(">", "#gt;")
+        .replace("\n", " ")
+        .replace("\r", " ")
+    )
 
 
 def mermaid(report: dict[str, Any]) -> str:
@@ -54,7 +89,7 @@ def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
 
 
 def _hop(depth: int, hop: dict[str, Any]) -> list[str]:
-    out = [f"### {'↳ ' * depth}{labels.title(hop)} — `{hop['session_id']}`", ""]
+    out = [f"### {'↳ ' * depth}{_text(labels.title(hop))} — {_code(hop['session_id'])}", ""]
     rows = [
         ["state", labels.state(hop)],
         ["depth", hop["depth"]],
@@ -84,7 +119,7 @@ def _hop(depth: int, hop: dict[str, Any]) -> list[str]:
         rows.append(["pruned", "unavailable: " + ", ".join(hop["unavailable"])])
     out += [*_table(["", ""], rows), ""]
     ev = [
-        [name, e["seq"], f"`{e['hash']}`", e["recorded_at"], "yes" if e["pruned"] else ""]
+        [name, e["seq"], _code(e["hash"]), e["recorded_at"], "yes" if e["pruned"] else ""]
         for name, e in hop["evidence"].items()
         if e is not None
     ]
@@ -117,13 +152,13 @@ def render_md(env: dict[str, Any]) -> str:
     ot, co = task.get("original_task") or {}, task.get("cap_origin") or {}
     cp = led["newest_checkpoint"]
     out = [
-        f"# Compliance audit of task `{task['task_id']}` — {s['result'].upper()}",
+        f"# Compliance audit of task {_code(task['task_id'])} — {s['result'].upper()}",
         "",
-        f"Report SHA-256: `{env['report_sha256']}` (RFC 8785 canonical JSON of the report)",
+        f"Report SHA-256: {_code(env['report_sha256'])} (RFC 8785 canonical JSON of the report)",
         "",
     ]
     if labels.issued(env):
-        out += [f"Issued: {labels.issued(env)}", ""]
+        out += [f"Issued: {_text(labels.issued(env))}", ""]
     out += _table(
         ["", ""],
         [
@@ -135,7 +170,10 @@ def render_md(env: dict[str, Any]) -> str:
                 f"{co.get('ultimate_authority')}: {co.get('original_scope')} "
                 f"(granted {co.get('granted_at')})",
             ],
-            ["ledger head", f"#{led['head']['size']} `{led['head']['hash']}` ({led['origin']})"],
+            [
+                "ledger head",
+                _Md(f"#{led['head']['size']} {_code(led['head']['hash'])} ({_text(led['origin'])})"),
+            ],
             [
                 "verify (recomputed)",
                 "ok"
@@ -144,14 +182,19 @@ def render_md(env: dict[str, Any]) -> str:
             ],
             [
                 "newest checkpoint",
-                "none" if cp is None else f"size {cp['size']}, {cp['trigger']}, head `{cp['head']}`",
+                "none"
+                if cp is None
+                else _Md(f"size {cp['size']}, {_text(cp['trigger'])}, head {_code(cp['head'])}"),
             ],
             [
                 "current rules",
-                f"`{r['rulesets']['current']['ruleset_hash']}` ({r['rulesets']['current']['profile']})",
+                _Md(
+                    f"{_code(r['rulesets']['current']['ruleset_hash'])} "
+                    f"({_text(r['rulesets']['current']['profile'])})"
+                ),
             ],
             *[
-                ["rules in verdicts", f"`{u['ruleset_hash']}` × {u['decisions']}"]
+                ["rules in verdicts", _Md(f"{_code(u['ruleset_hash'])} × {u['decisions']}")]
                 for u in r["rulesets"]["in_verdicts"]
             ],
             [

@@ -224,3 +224,77 @@ def test_render_bytes_are_the_text_in_utf8(fmt: str) -> None:
 def test_unknown_format() -> None:
     with pytest.raises(ValueError, match="unknown format 'pdf'"):
         render(seal(_minimal_report()), "pdf")
+
+
+#: text a caller or an agent may put on the ledger that Markdown, Mermaid or a spreadsheet would read
+#: as syntax: emphasis, a link, raw HTML, a code span, a table cell's end, strikethrough, an entity
+HOSTILE = (
+    "repo:src/**#fs/write",
+    "src/__init__.py",
+    "<img src=x onerror=alert(1)>",
+    "[click](https://evil.example)",
+    "a `tick` | pipe ~~gone~~ &amp; *star*",
+)
+
+
+def _hostile_report() -> dict[str, Any]:
+    report = _minimal_report()
+    hop = report["tree"][0]
+    hop["role"] = HOSTILE[3]
+    hop["capabilities"].update(delegated_cap=HOSTILE[2], scopes=[HOSTILE[0]])
+    hop["constraints"]["added"] = [HOSTILE[4]]
+    hop["end_reason"] = HOSTILE[1]
+    hop["actions"] = [
+        {
+            "seq": 7,
+            "kind": "tool",
+            "name": "write",
+            "status": "completed",
+            "detail": HOSTILE[2] + " " + HOSTILE[1],
+            "coverage": {"by": HOSTILE[0], "covered": True, "rule": "allow"},
+        }
+    ]
+    report["task"]["cap_origin"] = {"ultimate_authority": 'Eve"] --> x["#quot;'}
+    report["findings"] = [
+        {
+            "severity": "violation",
+            "code": "BUDGET_OVERRUN",
+            "session_id": "s-1",
+            "seq": 7,
+            "message": HOSTILE[4],
+            "expected": '=HYPERLINK("https://evil.example")',
+            "actual": "-5",
+        }
+    ]
+    return report
+
+
+def test_markdown_shows_recorded_text_exactly_and_makes_nothing_of_it() -> None:
+    """Rendered by a CommonMark parser with GitHub's tables, every text from the ledger reads as it was
+    recorded: no emphasis out of `**` or `__init__`, no link, no image, no HTML tag, no code span, and
+    no table cell cut at a `|` (the report is read by auditors in Markdown viewers)."""
+    from markdown_it import MarkdownIt
+
+    md = render(seal(_hostile_report()), "md")
+    html = MarkdownIt("commonmark").enable("table").enable("strikethrough").render(md)
+    for text in HOSTILE:
+        shown = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+        assert shown in html, text
+    assert not re.search(r"<(img|a|strong|em|s|del)\b", html)
+    assert "<code>" not in html.split("<h3>", 1)[1].split("</h3>", 1)[1]  # only the heading's session id
+    mermaid = re.search(r"```mermaid\n(.*?)```", md, re.S)
+    assert mermaid is not None
+    assert 'main(["Eve#quot;] --#gt; x[#quot;#35;quot; / main agent"])' in mermaid.group(1)
+
+
+def test_csv_cells_are_never_formulas() -> None:
+    """A finding's text that a spreadsheet would run as a formula is written with a leading apostrophe;
+    a negative number stays a number; the other cells are as they are."""
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(render(seal(_hostile_report()), "csv"))))
+    assert rows[0]["expected"] == '\'=HYPERLINK("https://evil.example")'
+    assert rows[0]["actual"] == "-5"
+    assert rows[0]["message"] == HOSTILE[4]
+    assert rows[0]["code"] == "BUDGET_OVERRUN"
