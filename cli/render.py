@@ -13,17 +13,31 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-# Markup off: what is printed comes from the ledger, the user or an agent (a stream named "x[/]", a
-# tool output holding "[conceal]...") and is shown as it is, never read as rich markup (which would
-# hide text or crash); styles are given as (text, style) parts, see `styled`. Soft wrap: a line is
-# never broken by rich (a path or an id stays whole on its line; the terminal folds long lines).
-out = Console(highlight=False, soft_wrap=True, markup=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+from engine.printable import printable
+
+
+class _Console(Console):
+    """What is printed comes from the ledger, the user or an agent (a stream named "x[/]", a tool output
+    holding "[conceal]..." or an ESC sequence) and is shown as it is: never read as rich markup or
+    emoji codes (which would hide text or crash), control characters written as visible escapes
+    (engine.printable: an agent cannot move the cursor over, erase or reorder what the operator
+    reads). Styles are given as (text, style) parts, see `styled`. Soft wrap: a line is never broken
+    by rich (a path or an id stays whole on its line; the terminal folds long lines)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(highlight=False, soft_wrap=True, markup=False, emoji=False, **kwargs)
+
+    def render_str(self, text: str, **kwargs: Any) -> Text:  # every str printed, table cells included
+        return super().render_str(printable(text), **kwargs)
+
+
+out = _Console()
+err = _Console(stderr=True)
 
 
 def styled(*parts: str | tuple[str, str]) -> Text:
-    """One line of plain parts (shown as they are) and (text, style) parts."""
-    return Text.assemble(*parts)
+    """One line of plain parts and (text, style) parts, each shown as it is (see `_Console`)."""
+    return Text.assemble(*((printable(p[0]), p[1]) if isinstance(p, tuple) else printable(p) for p in parts))
 
 
 def emit_json(obj: Any) -> None:

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from engine.audit.canonical import envelope_bytes, report_bytes
+from engine.printable import printable
 
 FORMATS = ("text", "json", "md", "html", "csv")
 CSV_COLUMNS = ("severity", "code", "session_id", "seq", "message", "expected", "actual", "report_sha256")
@@ -32,13 +33,15 @@ _NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][+-]?\d+)?")
 def csv_cell(value: Any) -> Any:
     """A cell as written to the CSV: text that a spreadsheet would run as a formula (a task id or an
     agent's text starting with "=", say) gets a leading apostrophe, so it is shown as text (OWASP's
-    advice); numbers, and text starting otherwise, are written as they are. The JSON report keeps
-    the exact values."""
+    advice); control characters are written as visible escapes (engine.printable); numbers, and
+    other text, are written as they are. The JSON report keeps the exact values."""
     if value is None:
         return ""
-    if isinstance(value, str) and value.startswith(_FORMULA_LEADS) and not _NUMBER.fullmatch(value):
-        return "'" + value
-    return value
+    if not isinstance(value, str):
+        return value
+    if value.startswith(_FORMULA_LEADS) and not _NUMBER.fullmatch(value):
+        value = "'" + value
+    return printable(value)
 
 
 def render_csv(envelope: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ from html import escape
 from typing import Any
 
 from engine.audit import labels
+from engine.printable import printable
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#1d2330;background:#f6f7fb}
@@ -45,7 +46,7 @@ th{background:#eef1f7}.kv td:first-child{font-weight:600;white-space:nowrap}
 
 
 def _e(value: Any) -> str:
-    return escape("" if value is None else str(value))
+    return escape("" if value is None else printable(value))
 
 
 def _kv(rows: list[tuple[str, Any]]) -> str:

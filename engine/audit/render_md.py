@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from engine.audit import labels
+from engine.printable import VISIBLE
 
 _CLASSES = {
     "ok": "fill:#e8f5e9,stroke:#2e7d32",
@@ -22,9 +23,10 @@ _CLASSES = {
 #: path), links and images, code spans, strikethrough, raw HTML and table cells. Each is written
 #: escaped, so the rendered report shows that text exactly as it was recorded, and nothing in it is
 #: a link, a tag or a style.
-_ESCAPES = str.maketrans(
-    {c: "\\" + c for c in "\\`*_[]|~"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;", "\n": " ", "\r": " "}
-)
+_ESCAPES = {
+    **VISIBLE,  # control characters shown as escapes (see engine.printable)
+    **str.maketrans({c: "\\" + c for c in "\\`*_[]|~"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;", "\n": " "}),
+}
 #: what may stand in a code span as it is: hashes, ids, ruleset names (anything else is escaped text)
 _CODE = re.compile(r"[\w:./@+-]+")
 
@@ -55,7 +57,7 @@ def _mermaid_text(value: str) -> str:
         .replace("<", "#lt;")
         .replace(">", "#gt;")
         .replace("\n", " ")
-        .replace("\r", " ")
+        .translate(VISIBLE)
     )
 
 

@@ -6,12 +6,12 @@ import io
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
 from engine.audit import labels
+from engine.printable import printable
 
 _STYLE = {
     "refused": "bold red",
@@ -24,15 +24,22 @@ _STYLE = {
 _SEVERITY = {"violation": "bold red", "warning": "yellow", "info": "cyan"}
 
 
+def _line(*parts: Any) -> Text:
+    """Rich text from plain parts (text from the ledger: shown as it is, control characters visible,
+    never read as markup) and (text, style) parts; whatever console prints it."""
+    return Text.assemble(*(p if isinstance(p, tuple) else printable(p) for p in parts))
+
+
 def _header(env: dict[str, Any]) -> list[RenderableType]:
     r = env["report"]
     s, led, task = r["summary"], r["ledger"], r["task"]
     ok = s["result"] == "pass"
     lines: list[RenderableType] = [
-        Text.from_markup(
-            f"[bold]Compliance audit of task {escape(str(task['task_id']))}[/]  "
-            f"[{'bold green' if ok else 'bold red'}]{s['result'].upper()}[/] "
-            f"({s['violations']} violation(s), {s['warnings']} warning(s))"
+        _line(
+            (f"Compliance audit of task {printable(task['task_id'])}", "bold"),
+            "  ",
+            (s["result"].upper(), "bold green" if ok else "bold red"),
+            f" ({s['violations']} violation(s), {s['warnings']} warning(s))",
         )
     ]
     ot, co = task.get("original_task") or {}, task.get("cap_origin") or {}
@@ -91,24 +98,28 @@ def _header(env: dict[str, Any]) -> list[RenderableType]:
     t.add_column(style="bold")
     t.add_column(overflow="fold")
     for k, v in rows:
-        t.add_row(k, escape(str(v)))
+        t.add_row(k, _line(v))
     lines.append(t)
     return lines
 
 
 def _tree(r: dict[str, Any]) -> Tree:
     authority = (r["task"].get("cap_origin") or {}).get("ultimate_authority", "?")
-    root = Tree(Text.from_markup(f"[bold]delegation tree[/] (authority: {escape(str(authority))})"))
+    root = Tree(_line(("delegation tree", "bold"), f" (authority: {authority})"))
 
     def add(node: Tree, hop: dict[str, Any]) -> None:
         style = _STYLE[labels.kind(hop)]
-        head = (
-            f"[{style}]{escape(labels.title(hop))}[/] [dim]{hop['session_id'][:8]}[/] "
-            f"[{style}]{escape(labels.state(hop))}[/] depth {hop['depth']}"
+        head = _line(
+            (printable(labels.title(hop)), style),
+            " ",
+            (printable(hop["session_id"][:8]), "dim"),
+            " ",
+            (printable(labels.state(hop)), style),
+            f" depth {hop['depth']}",
         )
         if not hop["in_window"]:
-            head += " [dim](outside the window: context)[/]"
-        branch = node.add(Text.from_markup(head))
+            head.append(" (outside the window: context)", "dim")
+        branch = node.add(head)
         details = [
             ("cap", labels.capabilities(hop)),
             ("constraints", labels.constraints(hop)),
@@ -136,11 +147,11 @@ def _tree(r: dict[str, Any]) -> Tree:
         if hop["pruned"]:
             details.append(("pruned", "unavailable: " + ", ".join(hop["unavailable"])))
         for k, v in details:
-            branch.add(Text.from_markup(f"[dim]{k}:[/] {escape(str(v))}"))
+            branch.add(_line((f"{k}:", "dim"), f" {v}"))
         if hop["actions"]:
-            acts = branch.add(Text.from_markup(f"[dim]actions ({len(hop['actions'])}):[/]"))
+            acts = branch.add(_line((f"actions ({len(hop['actions'])}):", "dim")))
             for a in hop["actions"]:
-                acts.add(escape(labels.action(a)))
+                acts.add(_line(labels.action(a)))
         for child in hop["children"]:
             add(branch, child)
 
@@ -159,11 +170,11 @@ def renderables(env: dict[str, Any]) -> Group:
             t.add_column(c, overflow="fold")
         for x in r["refused"]:
             t.add_row(
-                x["session_id"][:8],
-                escape(str(x["role"])),
-                x["parent_session_id"][:8] if x["parent_session_id"] else "main agent",
+                _line(x["session_id"][:8]),
+                _line(x["role"]),
+                _line(x["parent_session_id"][:8] if x["parent_session_id"] else "main agent"),
                 str("" if x["decided_seq"] is None else x["decided_seq"]),
-                escape("; ".join(f"{f['rule']} {f['path']}: {f['message']}" for f in x["violations"])),
+                _line("; ".join(f"{f['rule']} {f['path']}: {f['message']}" for f in x["violations"])),
             )
         parts.append(t)
     t = Table(title="audit findings", header_style="bold")
@@ -172,16 +183,16 @@ def renderables(env: dict[str, Any]) -> Group:
     for f in r["findings"]:
         t.add_row(
             Text(f["severity"], style=_SEVERITY[f["severity"]]),
-            f["code"],
-            (f["session_id"] or "")[:8],
+            _line(f["code"]),
+            _line((f["session_id"] or "")[:8]),
             "" if f["seq"] is None else str(f["seq"]),
-            escape(f["message"]),
+            _line(f["message"]),
         )
     parts.append(t)
     ret = r["retention"]
     oldest = ret["oldest_entry"] or {}
     parts.append(
-        Text(
+        _line(
             f"retention: oldest entry #{oldest.get('seq')} {oldest.get('recorded_at')} "
             f"({oldest.get('age_days')} d; minimum {ret['minimum_days']:g} d), "
             f"{ret['pruned_payloads']} pruned payload(s), {len(ret['prunes'])} prune(s): "

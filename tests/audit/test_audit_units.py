@@ -298,3 +298,21 @@ def test_csv_cells_are_never_formulas() -> None:
     assert rows[0]["actual"] == "-5"
     assert rows[0]["message"] == HOSTILE[4]
     assert rows[0]["code"] == "BUDGET_OVERRUN"
+
+
+@pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "json"])
+def test_control_characters_never_reach_a_reader_raw(fmt: str) -> None:
+    """An ESC sequence (which would move the cursor over, or erase, what a terminal shows) or a bidi
+    override (which reorders it) recorded by an agent is shown as a visible escape in every format
+    meant to be read (`cat report.md` included); the JSON report keeps the exact value."""
+    report = _hostile_report()
+    hop = report["tree"][0]
+    hop["end_reason"] = "done\x1b[1A\x1b[2K \u202egnp.exe"
+    hop["actions"][0]["detail"] = "rm -rf /\r\x1b[2Kls"
+    report["findings"][0]["message"] = "ok\x1b]0;title\x07"
+    text = render(seal(report), fmt)
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f\u202a-\u202e\u2066-\u2069]", text)
+    assert "\\x1b]0;title\\x07" in text.replace("\\]", "]")  # md escapes the bracket
+    if fmt != "csv":  # the findings are all the CSV holds
+        assert "\\u202egnp.exe" in text
+        assert "\\x1b[2K" in text.replace("\\[", "[")

@@ -201,14 +201,20 @@ class TestQueries:
         that looks like rich markup is neither hidden nor styled, and never crashes a command (a stray
         closing tag did, after the note was already recorded)."""
         run("init")
-        stream, text, by = "x[/]y", "see [conceal]hidden[/conceal] and [/]", "eve[bold]"
+        stream, by = "x[/]y", "eve[bold]"
+        text = "see [conceal]hidden[/conceal] and [/] :warning: \x1b[1A\x1b[2Kerased? \u202eevil"
         with Ledger.open(run.db) as led:
             led.append(stream, {"type": "operator.note", "text": text, "by": by})
         noted = run("note", "--stream", stream, "--text", text, "--by", by)
         assert f"recorded note on {stream} as seq 2" in noted.stdout
         wide = run.runner.invoke(app, ["--db", str(run.db), "events"], env={"COLUMNS": "300"})
         assert wide.exit_code == 0, wide.output
-        assert f"text={text}" in wide.stdout
+        shown = "see [conceal]hidden[/conceal] and [/] :warning: \\x1b[1A\\x1b[2Kerased? \\u202eevil"
+        assert f"text={shown}" in wide.stdout  # control characters made visible, no emoji, nothing acts
+        assert "\x1b" not in wide.stdout
+        assert "\u202e" not in wide.stdout
+        shown_in_show = run.runner.invoke(app, ["--db", str(run.db), "show", stream], env={"COLUMNS": "300"})
+        assert f"text={shown}" in shown_in_show.stdout
         assert "x[/]y" in run("show", stream).stdout
         refused = run("events", "--stream", "zz[/]", code=2)
         assert "no stream or session 'zz[/]'" in refused.output
