@@ -55,6 +55,37 @@ def _covers(actions: set[str], wanted: str) -> bool:
 #: the read rule of every delegation that may read: OpenCode's own default asks for these files
 SECRET_FILES_DENIED = {"*": "allow", "*.env": "deny", "*.env.*": "deny", "*.env.example": "allow"}
 
+#: What configures the agents of a project, by the name a scope gives it: OpenCode's config, its
+#: `.opencode/` folder (plugins and custom tools are code that every later OpenCode server started
+#: there runs, outside any permission rule; agents and permissions) and the ledger's role catalogue
+#: (later agents' system prompts, and which roles exist). A delegated agent may edit none of them,
+#: whatever its scopes, unless a write scope names it (`repo:.opencode/**#fs/write`): otherwise one
+#: delegation could widen the next ones, or run code unchecked, from inside the project. The patterns
+#: are OpenCode's (its `*` crosses `/`; it matches the path relative to the worktree, which is "/" for
+#: a folder outside git, hence the `*/` forms), judged the same way by `decide` and the audit.
+AGENT_CONFIG = {
+    "opencode.json": ("opencode.json", "*/opencode.json"),
+    "opencode.jsonc": ("opencode.jsonc", "*/opencode.jsonc"),
+    ".opencode": (".opencode/*", "*/.opencode/*"),
+    ".delegation-ledger": (".delegation-ledger/*", "*/.delegation-ledger/*"),
+}
+
+
+def _edit_rule(scopes: list[str] | None) -> dict[str, str]:
+    """The edit/write rule of a delegation that may edit: anything but the agents' configuration that
+    no write scope names (see AGENT_CONFIG)."""
+    named = set()
+    for scope in scopes or []:
+        resource, _, action = scope.partition("#")
+        path = resource.partition(":")[2]
+        if action == "fs" or action.startswith("fs/write"):
+            named.update(n for n in AGENT_CONFIG if path == n or path.startswith(n + "/"))
+    rule = {"*": "allow"}
+    for name, patterns in AGENT_CONFIG.items():
+        if name not in named:
+            rule.update(dict.fromkeys(patterns, "deny"))
+    return rule
+
 
 def _pattern_action(rule: dict[str, str], target: str) -> str:
     action = "deny"
@@ -105,6 +136,15 @@ class PermissionPolicy:
             # secrets stay out of reach whatever the capability (OpenCode itself only asks for them)
             rules["read"] = dict(SECRET_FILES_DENIED)
             reasons["read"] = reasons.get("read", "allowed") + "; .env files (secrets) are denied"
+        for perm in ("edit", "write"):
+            if rules.get(perm) == "allow":
+                rules[perm] = _edit_rule(dc.scopes)
+                kept = [n for n, pats in AGENT_CONFIG.items() if rules[perm].get(pats[0]) == "deny"]
+                if kept:
+                    reasons[perm] = (
+                        reasons.get(perm, "allowed") + f"; the agents' configuration ({', '.join(kept)}) is "
+                        "not editable unless a write scope names it"
+                    )
         rules["doom_loop"] = "deny"
         reasons["doom_loop"] = "repeated identical tool calls are refused"
         # OpenCode's `question` tool waits for a human answer that never comes in a headless server

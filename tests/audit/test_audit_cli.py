@@ -306,7 +306,9 @@ class TestDamagedPrunedOpen:
         assert "SESSION_OPEN" not in mine
         envelope = seal(report)
         for fmt in ("text", "md", "html", "csv"):
-            assert "SESSION_INTERRUPTED" in render(envelope, fmt)
+            shown = render(envelope, fmt)
+            # Markdown escapes the underscore (it may start emphasis); a viewer shows it plain
+            assert "SESSION_INTERRUPTED" in (shown.replace("\\_", "_") if fmt == "md" else shown)
 
     def test_open_session_is_stale_after_its_time(
         self, chain_keys: Chain, tmp_path: Path, rules: gate.Constitution

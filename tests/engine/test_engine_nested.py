@@ -356,6 +356,39 @@ class TestRuntimePermissions:
         assert not target.exists()
         assert st.last_output == f"{marker} done read-only"
 
+    async def test_the_agents_configuration_is_not_editable(
+        self, engine: Engine, project: Path, module_model: ScriptedModel, marker: str
+    ) -> None:
+        """An agent that may write anywhere in its project still cannot write the files that configure
+        later agents there (a plugin in .opencode/ would run as code in every later OpenCode server; a
+        role file would rewrite later agents' system prompts): real OpenCode refuses those writes, by
+        the rules recorded at spawn, while the agent's other writes go through."""
+        ok = project / f"{marker}.py"
+        refused = [
+            project / "opencode.json",
+            project / ".opencode" / "plugin" / f"{marker}.ts",
+            project / ".delegation-ledger" / "roles" / f"{marker}.md",
+        ]
+        calls = [
+            ToolCall(name="write", arguments={"filePath": str(path), "content": "x = 1\n"}, id=f"call_{i}")
+            for i, path in enumerate([ok, *refused])
+        ]
+        module_model.add([ToolCallStep(calls=calls), TextStep(text=f"{marker} done")], match=marker)
+        req = root_request(
+            project, "tester", f"{marker} write", scopes=["repo:**#fs/read", "repo:**#fs/write"]
+        )
+        sid = await run_root(engine, req, timeout=100)
+        led = engine.ledger
+        assert led is not None
+        assert led.session(sid).status == "completed"  # type: ignore[union-attr]
+        assert ok.read_text() == "x = 1\n"
+        assert not any(path.exists() for path in refused)
+        statuses = {d["input"]["filePath"]: d["status"] for _, d in events(led, sid, ["tool.called"])}
+        assert statuses == {str(ok): "completed", **dict.fromkeys(map(str, refused), "error")}
+        perms = first(led, sid, "agent.spawned")["permissions"]
+        assert perms["write"]["*/.opencode/*"] == "deny"
+        assert "permission.decided" not in types_of(led, sid)
+
     async def test_free_text_capability_runs_commands_inside_the_project(
         self, engine: Engine, project: Path, module_model: ScriptedModel, marker: str
     ) -> None:
@@ -417,9 +450,33 @@ class TestPermissionPolicy:
         assert reply == "reject"
         assert "mystery_tool" in reason
 
+    def test_the_agents_configuration_is_kept_from_edits(self) -> None:
+        """Whatever may be edited, OpenCode's config, .opencode/ and the role catalogue may not, at any
+        depth of the path (OpenCode matches relative to the worktree, "/" outside git), unless a write
+        scope names one; a read scope or the whole repo names none."""
+        for policy in (_policy(), _policy(scopes=["repo:**#fs/write", "repo:.opencode/**#fs/read"])):
+            for perm in ("edit", "write"):
+                assert policy.decide(perm, ["src/a.py"])[0] == "once"
+                assert policy.decide(perm, ["docs/opencode.json.md"])[0] == "once"
+                for path in (
+                    "opencode.json",
+                    "srv/project/opencode.jsonc",
+                    ".opencode/plugin/p.ts",
+                    "/srv/project/.opencode/tool/t.ts",
+                    "srv/project/.delegation-ledger/roles/tester.md",
+                ):
+                    assert policy.decide(perm, [path])[0] == "reject", (perm, path)
+            assert "not editable unless a write scope names it" in policy.reasons["edit"]
+        named = _policy(scopes=["repo:**#fs/write", "repo:.opencode/**#fs/write", "repo:opencode.json#fs"])
+        assert named.decide("write", ["srv/project/.opencode/agent/a.md"])[0] == "once"
+        assert named.decide("write", ["opencode.json"])[0] == "once"
+        assert named.decide("write", ["opencode.jsonc"])[0] == "reject"
+        assert named.decide("write", [".delegation-ledger/roles/t.md"])[0] == "reject"
+        assert _policy(scopes=["repo:src/**#fs/read"]).rules["edit"] == "deny"
+
     def test_no_shell_constraint(self) -> None:
         """A free-text constraint forbidding the shell turns bash off even without scopes."""
         policy = _policy(constraints=["Use Serena tools only", "Return reproducible test plan", "No shell"])
         assert policy.rules["bash"] == "deny"
-        assert policy.rules["edit"] == "allow"
+        assert policy.rules["edit"]["*"] == "allow"
         assert policy.opencode_config()["bash"] == "deny"
