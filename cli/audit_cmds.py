@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from cli.options import STATE, parse_duration, parse_when, want_json
+from cli.options import STATE, parse_duration, parse_when, want_json, writable, write_failed
 from cli.render import err, fail, out
 
 
@@ -101,6 +101,8 @@ def audit(
     if window["since"] and window["until"] and window["since"] >= window["until"]:
         fail(f"--since ({since}) must be before --until ({until})")
     current, source = _current_rules(constitution)
+    if out_file is not None:
+        writable(out_file, "--out")  # before the audit is built and, with --sign, recorded
     with STATE.open() as led:
         if sign and led.signer is None:
             fail(f"--sign needs the ledger's signing key (none at {led.key_path}; run `ledger init`)")
@@ -122,8 +124,10 @@ def audit(
             envelope["issued"] = issue(led, envelope, by=os.environ.get("USER") or None)
     summary = report["summary"]
     if out_file is not None:
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        out_file.write_bytes(render_bytes(envelope, fmt))
+        try:
+            out_file.write_bytes(render_bytes(envelope, fmt))
+        except OSError as exc:
+            write_failed(out_file, "--out", exc)
         err.print(
             f"wrote {out_file} ({fmt}); report sha256 {envelope['report_sha256']}; "
             f"{summary['result'].upper()}: {summary['violations']} violation(s), "

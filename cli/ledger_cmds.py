@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli.options import STATE, parse_duration, parse_when, want_json
+from cli.options import STATE, parse_duration, parse_when, want_json, writable
 from cli.render import emit_json, err, fail, out, progress, styled, table
 from ledger import Ledger, LedgerError
 from ledger.checkpoint import load_verifier
@@ -168,6 +168,8 @@ def prune(
         if older_than
         else parse_when(before or "", "--before")
     )
+    if archive is not None and not dry_run:
+        writable(archive, "--archive")
     with STATE.open() as led:
         try:
             report = led.prune(cutoff, archive=archive, dry_run=dry_run, now=now)

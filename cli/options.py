@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -36,6 +37,27 @@ class State:
 
 
 STATE = State()
+
+
+def writable(path: Path, flag: str) -> Path:
+    """`path` as a file to write, checked before any work is done (so nothing is recorded or pruned
+    for a file that cannot be written): its folder is made if missing; exit 2 naming `flag` when it
+    is a folder, or it or its folder cannot be written."""
+    if path.is_dir():
+        fail(f"{flag}: {path} is a folder (expected a file to write)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"{flag}: cannot make the folder {path.parent} ({exc.strerror or exc})")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        fail(f"{flag}: {path} is not writable")
+    return path
+
+
+def write_failed(path: Path, flag: str, exc: OSError) -> None:
+    """Exit with a clear error when writing `path` failed midway (a full disk, say)."""
+    fail(f"{flag}: could not write {path} ({exc.strerror or exc})", code=1)
+
 
 #: options shared by the commands that load the constitution (serve, gate check, audit)
 ConstitutionOpt = Annotated[

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 
-from cli.options import STATE, parse_when, want_json
+from cli.options import STATE, parse_when, want_json, writable, write_failed
 from cli.render import emit_json, fail, out, table
 from ledger import Entry, Ledger, LedgerError
 from ledger.entry import datetime_to_us
@@ -224,16 +225,21 @@ def export(
     """Export entries as JSON Lines (headers, hashes, canonical payloads): re-verifiable anywhere."""
     with STATE.open() as led:
         filters = _filters(led, stream, None, type_, since, until)
-    sink = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
     try:
-        with STATE.open() as led:
-            n = 0
-            for e in led.entries(**{k: v for k, v in filters.items() if v is not None}):
-                sink.write(json.dumps(e.to_json(), sort_keys=True, ensure_ascii=False) + "\n")
-                n += 1
-    finally:
-        if output:
-            sink.close()
+        sink = open(writable(output, "--out"), "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
+        try:
+            with STATE.open() as led:
+                n = 0
+                for e in led.entries(**{k: v for k, v in filters.items() if v is not None}):
+                    sink.write(json.dumps(e.to_json(), sort_keys=True, ensure_ascii=False) + "\n")
+                    n += 1
+        finally:
+            if output:
+                sink.close()
+    except OSError as exc:
+        if output is None:
+            raise
+        write_failed(output, "--out", exc)
     if output:
         out.print(f"exported {n} entries to {output}")
 
@@ -256,12 +262,18 @@ def note(
     """Record a human oversight or operator note on the ledger."""
     if kind not in ("note", "oversight", "incident"):
         fail(f"--kind: expected note, oversight or incident (got {kind!r})")
+    try:
+        note_event = OperatorNote(text=text, by=by, kind=kind)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        msg = first["msg"].removeprefix("Value error, ")
+        fail(f"--{first['loc'][0]}: {msg}" + ("" if "(got" in msg else f" (got {first.get('input')!r:.80})"))
     with STATE.open(create=new_stream) as led:
         # a note is forever: a mistyped session id must not start a stream of its own
         if not (new_stream and not led.streams_from(stream, limit=1)):
             stream = _stream(led, stream, "--stream", new_hint=" (to start a new stream, add --new-stream)")
         try:
-            entry = led.append(stream, OperatorNote(text=text, by=by, kind=kind))  # type: ignore[arg-type]
+            entry = led.append(stream, note_event)
         except LedgerError as exc:
             fail(exc.diagnostics())
     if want_json(json_out):

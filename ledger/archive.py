@@ -6,6 +6,7 @@ can recompute `payload_hash` and compare it with the hash the ledger kept.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -26,23 +27,30 @@ def write_archive(path: Path, header: dict[str, Any], entries: Iterable[Entry]) 
     """Write and fsync the archive (refusing to overwrite); return (entries written, file SHA-256)."""
     if path.exists():
         raise ArchiveError(f"archive {path} already exists; choose another --archive file")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
     count = 0
-    with open(tmp, "wb") as raw:
-        with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-            gz.write(json.dumps({"kind": ARCHIVE_KIND, **header}, sort_keys=True).encode() + b"\n")
-            for e in entries:
-                gz.write(json.dumps(e.to_json(), sort_keys=True, ensure_ascii=False).encode() + b"\n")
-                count += 1
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as raw:
+            with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+                gz.write(json.dumps({"kind": ARCHIVE_KIND, **header}, sort_keys=True).encode() + b"\n")
+                for e in entries:
+                    gz.write(json.dumps(e.to_json(), sort_keys=True, ensure_ascii=False).encode() + b"\n")
+                    count += 1
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as exc:  # no folder, no room, no right: the payloads stay where they are
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise ArchiveError(
+            f"could not write the archive {path}: {exc.strerror or exc}; nothing was pruned"
+        ) from exc
     return count, file_sha256(path)
 
 

@@ -229,6 +229,44 @@ class TestQueries:
         lines = [li for li in result.output.splitlines() if li.strip()]
         assert lines == [f"error: no ledger at {deep} (run `ledger init` first, or pass --db)"]
 
+    def test_files_that_cannot_be_written_are_bad_input_and_change_nothing(
+        self, run: Any, tmp_path: Path
+    ) -> None:
+        """An --out or --archive that is a folder, or whose folder cannot be made, exits 2 naming the
+        option before any work: nothing is pruned, exported or recorded (not even a signed audit whose
+        report would then be lost). They used to end in a traceback, after the work for prune's."""
+        run("init")
+        with Ledger.open(run.db) as led:
+            _finished_session(led, "s1")
+            head = led.head().size
+        impossible = "/proc/no-such-dir/file"
+        for args, flag in (
+            (["export", "--out", str(tmp_path)], "--out"),
+            (["export", "--out", impossible], "--out"),
+            (["prune", "--older-than", "0d", "--archive", impossible], "--archive"),
+            (["prune", "--older-than", "0d", "--archive", str(tmp_path)], "--archive"),
+            (["audit", "T-1", "--sign", "--out", impossible], "--out"),
+        ):
+            result = run(*args, code=2)
+            assert result.output.startswith(f"error: {flag}: "), (args, result.output)
+            assert "Traceback" not in result.output
+        with Ledger.open(run.db) as led:
+            assert led.head().size == head
+            assert all(e.payload is not None for e in led.entries())
+
+    def test_an_empty_note_is_bad_input(self, run: Any) -> None:
+        """An empty or blank --text or --by exits 2 naming the option (it was a pydantic traceback)."""
+        run("init")
+        for args, flag in (
+            (["--text", "", "--by", "ops"], "--text"),
+            (["--text", "  ", "--by", "ops"], "--text"),
+            (["--text", "t", "--by", ""], "--by"),
+        ):
+            result = run("note", "--stream", "ops", "--new-stream", *args, code=2)
+            assert result.output.startswith(f"error: {flag}: "), result.output
+        with Ledger.open(run.db) as led:
+            assert led.head().size == 0
+
     def test_session_ids_may_be_shortened(self, run: Any) -> None:
         """`show`, `--stream` and `note` take a prefix that names one stream; an ambiguous prefix is
         refused with the candidates; the human tables print each id by its shortest unique prefix

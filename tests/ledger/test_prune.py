@@ -250,6 +250,17 @@ class TestPrune:
         assert (tmp_path / "a.jsonl.gz").read_bytes() == b"precious"
         assert all(e.payload is not None for e in history.entries())
 
+    def test_archive_that_cannot_be_written_prunes_nothing(self, history: Ledger, tmp_path: Path) -> None:
+        """An archive whose folder cannot be made (or whose disk fills) raises ArchiveError naming it,
+        leaves no partial file, and prunes nothing (it was a bare OSError)."""
+        entries = list(history.entries())
+        blocker = tmp_path / "not-a-folder"
+        blocker.write_bytes(b"")
+        with pytest.raises(ArchiveError, match=r"could not write the archive .*nothing was pruned"):
+            history.prune(now_after_appends(), archive=blocker / "a.jsonl.gz")
+        assert list(history.entries()) == entries
+        assert not list(tmp_path.glob("**/*.partial"))
+
     def test_session_revoked_after_the_cutoff_is_kept(self, ledger: Ledger, tmp_path: Path) -> None:
         """A session whose own stream is old but which was revoked (ended) after the cutoff is not pruned,
         even
