@@ -52,12 +52,26 @@ def _summary(e: Entry) -> str:
     return ""
 
 
+#: the shortest prefix that may stand for a stream (as git's shortest abbreviation): a note is forever,
+#: and "3" should not name whichever single session starts with it
+MIN_PREFIX = 4
+
+
 def _stream(led: Ledger, given: str, flag: str, *, new_hint: str = "") -> str:
     """The stream `given` names: itself when it exists, else the one stream it is a prefix of (as git
-    takes a short hash); a clear error when it names none or several."""
+    takes a short hash; MIN_PREFIX characters at least); a clear error when it names none or several."""
+    if not given:
+        fail(f"{flag}: expected a stream or session id, or a prefix of one (got '')")
     found = led.streams_from(given, limit=6)
-    if given in found or len(found) == 1:
-        return given if given in found else found[0]
+    if given in found:
+        return given
+    if found and len(given) < MIN_PREFIX:
+        fail(
+            f"{flag}: no stream or session is named {given!r}; a prefix must have {MIN_PREFIX} characters "
+            f"or more (streams starting with it: {', '.join(found[:5])}{', ...' if len(found) > 5 else ''})"
+        )
+    if len(found) == 1:
+        return found[0]
     if not found:
         fail(f"{flag}: no stream or session {given!r} in {STATE.db_path}{new_hint}")
     shown = ", ".join(found[:5]) + (", ..." if len(found) > 5 else "")

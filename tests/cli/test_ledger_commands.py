@@ -287,6 +287,17 @@ class TestQueries:
         assert run.json("note", "--stream", "df08", "--text", "t", "--by", "ops")["stream"].startswith(
             "df084d68-"
         )
+        # shorter than 4 characters (or empty), a prefix names nothing, even when one stream matches:
+        # a note is forever, and "d" should not land on whichever session starts with it
+        with Ledger.open(run.db) as led:
+            head = led.head().size
+        for given in ("df0", "d", ""):
+            refused = run("note", "--stream", given, "--text", "t", "--by", "ops", code=2).output
+            assert "--stream: " in refused
+            assert "4 characters" in refused or "(got '')" in refused
+        assert "4 characters" in run("show", "df0", code=2).output
+        with Ledger.open(run.db) as led:
+            assert led.head().size == head
         table = run("sessions").stdout
         assert "3e539ba8-1 " in table
         assert "3e539ba8-7 " in table
