@@ -174,7 +174,15 @@ class TestActionsAndBudgets:
         """Tool calls are listed under their agent, with the permission rule that allowed them."""
         by_id = hops(report)
         root = [(a["name"], a["status"], a["coverage"]["rule"]) for a in by_id[chain.ids["root"]]["actions"]]
-        assert root == [("write", "completed", "allow"), ("ledger_spawn_agent", "completed", "gate")]
+        assert [(name, status) for name, status, _ in root] == [
+            ("write", "completed"),
+            ("ledger_spawn_agent", "completed"),
+        ]
+        write_rule, spawn_rule = (rule for _, _, rule in root)
+        # the write rule recorded at spawn: anything but the agents' configuration (engine.permissions)
+        assert write_rule["*"] == "allow"
+        assert write_rule["*/.opencode/*"] == "deny"
+        assert spawn_rule == "gate"
         child = [(a["name"], a["status"]) for a in by_id[chain.ids["child"]]["actions"]]
         assert child == [("write", "completed"), ("ledger_spawn_agent", "error")]
         assert all(a["coverage"]["covered"] for h in by_id.values() for a in h["actions"])

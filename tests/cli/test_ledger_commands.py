@@ -291,8 +291,8 @@ class TestQueries:
         # a note is forever, and "d" should not land on whichever session starts with it
         with Ledger.open(run.db) as led:
             head = led.head().size
-        for given in ("df0", "d", ""):
-            refused = run("note", "--stream", given, "--text", "t", "--by", "ops", code=2).output
+        for short in ("df0", "d", ""):
+            refused = run("note", "--stream", short, "--text", "t", "--by", "ops", code=2).output
             assert "--stream: " in refused
             assert "4 characters" in refused or "(got '')" in refused
         assert "4 characters" in run("show", "df0", code=2).output

@@ -41,9 +41,14 @@ def disk_full(led: Ledger) -> Iterator[None]:
         pages = writer.conn.execute("PRAGMA page_count").fetchone()[0]
         writer.conn.execute(f"PRAGMA max_page_count = {pages}")
     try:
-        with contextlib.suppress(StorageFull):
-            for i in range(10_000):  # the room left in the pages too
-                led.append("filler", OperatorNote(text=f"filler {i} " + "y" * 40, by="test"))
+        size = 4000
+        for _ in range(100_000):  # the room left in the pages too, down to the smallest note
+            try:
+                led.append("filler", OperatorNote(text="y" * size, by="test"))
+            except StorageFull:
+                if size == 1:
+                    break
+                size = max(1, size // 4)
         with pytest.raises(StorageFull):
             led.append("filler", OperatorNote(text="x", by="test"))
         yield
