@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Iterable
@@ -239,17 +240,15 @@ def export(
     """Export entries as JSON Lines (headers, hashes, canonical payloads): re-verifiable anywhere."""
     with STATE.open() as led:
         filters = _filters(led, stream, None, type_, since, until)
+    if output is not None:
+        writable(output, "--out")
     try:
-        sink = open(writable(output, "--out"), "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
-        try:
-            with STATE.open() as led:
-                n = 0
-                for e in led.entries(**{k: v for k, v in filters.items() if v is not None}):
-                    sink.write(json.dumps(e.to_json(), sort_keys=True, ensure_ascii=False) + "\n")
-                    n += 1
-        finally:
-            if output:
-                sink.close()
+        sink = open(output, "w", encoding="utf-8") if output else contextlib.nullcontext(sys.stdout)  # noqa: SIM115
+        with sink as stream, STATE.open() as led:
+            n = 0
+            for e in led.entries(**{k: v for k, v in filters.items() if v is not None}):
+                stream.write(json.dumps(e.to_json(), sort_keys=True, ensure_ascii=False) + "\n")
+                n += 1
     except OSError as exc:
         if output is None:
             raise
