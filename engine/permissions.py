@@ -12,9 +12,11 @@ directory and anything unknown are refused. Every question OpenCode asks is answ
 from __future__ import annotations
 
 import fnmatch
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from engine.write_scope import project_relative, within, worktree_of, write_scopes
 from schemas.requests import SpawnRequest
 
 Reply = Literal["once", "always", "reject"]
@@ -103,6 +105,10 @@ class PermissionPolicy:
     rules: dict[str, Any]
     reasons: dict[str, str] = field(default_factory=dict)
     constraints: tuple[str, ...] = ()
+    #: the `repo:` path scopes that limit writing (engine.write_scope), and where OpenCode's paths start
+    write_scopes: tuple[str, ...] = ()
+    project: str = ""
+    worktree: str = "/"
 
     @classmethod
     def from_request(cls, request: SpawnRequest) -> PermissionPolicy:
@@ -145,6 +151,15 @@ class PermissionPolicy:
                         reasons.get(perm, "allowed") + f"; the agents' configuration ({', '.join(kept)}) is "
                         "not editable unless a write scope names it"
                     )
+        limited = write_scopes(dc.scopes) if isinstance(rules.get("edit"), dict) else None
+        if limited:  # OpenCode asks about every file; `decide` answers by the scopes' paths
+            for perm in ("edit", "write"):
+                if isinstance(rules.get(perm), dict):
+                    rules[perm]["*"] = "ask"
+                    reasons[perm] = (
+                        f"{reasons[perm]}; only inside the write scope(s) {', '.join(limited)}, "
+                        "judged on each file OpenCode asks about"
+                    )
         rules["doom_loop"] = "deny"
         reasons["doom_loop"] = "repeated identical tool calls are refused"
         # OpenCode's `question` tool waits for a human answer that never comes in a headless server
@@ -155,7 +170,10 @@ class PermissionPolicy:
             for perm in ("bash", "edit", "write") if "read" in lowered else ("bash",):
                 rules[perm] = "deny"
                 reasons[perm] = f"constraint forbids it: {constraints}"
-        return cls(rules, reasons, constraints)
+        if not limited or not isinstance(rules.get("edit"), dict):
+            return cls(rules, reasons, constraints)
+        project = os.path.realpath(request.project_directory)
+        return cls(rules, reasons, constraints, limited, project, worktree_of(project))
 
     def opencode_config(self) -> dict[str, Any]:
         """The `permission` block of the agent's OpenCode config."""
@@ -165,6 +183,8 @@ class PermissionPolicy:
     def decide(self, permission: str, patterns: list[str] | None = None) -> tuple[Reply, str]:
         """Answer one `permission.asked`: ('once' | 'reject', the reason recorded on the ledger)."""
         rule = self.rules.get(permission)
+        if isinstance(rule, dict) and rule.get("*") == "ask" and self.write_scopes:
+            return self._decide_write(permission, rule, patterns or [])
         if isinstance(rule, dict):
             actions = [_pattern_action(rule, p) for p in (patterns or ["*"])]
             if all(a == "allow" for a in actions):
@@ -181,3 +201,29 @@ class PermissionPolicy:
                 f"permission {permission!r} is not granted by the delegation (unknown to the policy)",
             )
         return "reject", self.reasons.get(permission, "denied by the delegation")
+
+    def _decide_write(self, permission: str, rule: dict[str, Any], patterns: list[str]) -> tuple[Reply, str]:
+        """An edit or write limited by path scopes: every file inside one of them, and none of the
+        agents' configuration that no scope names."""
+        if not patterns:
+            return (
+                "reject",
+                f"{permission} without a file to judge is refused (write scopes limit it by path)",
+            )
+        granted = []
+        for path in patterns:
+            rel = project_relative(path, self.project, self.worktree)
+            if _pattern_action(rule, path) == "deny" or (
+                rel is not None and _pattern_action(rule, rel) == "deny"
+            ):
+                return "reject", f"{permission} of {path}: the agents' configuration is not editable"
+            scope = None if rel is None else within(self.write_scopes, rel)
+            if scope is None:
+                where = "outside the project" if rel is None else f"repo:{rel}"
+                return (
+                    "reject",
+                    f"{permission} of {path} ({where}) is outside the delegation's write scope(s) "
+                    f"{', '.join(self.write_scopes)}",
+                )
+            granted.append(f"{rel} by {scope}")
+        return "once", f"{permission} of {'; '.join(granted)}"

@@ -3,12 +3,14 @@ what the gate decided, what the agent did and spent, and the entries that prove 
 
 from __future__ import annotations
 
+import os
 from fnmatch import fnmatchcase
 from typing import Any
 
 from engine.audit.canonical import number
 from engine.audit.rerun import Requests
 from engine.audit.scan import TERMINAL_TYPES, Ev, LedgerScan, iso_us
+from engine.write_scope import project_relative, within, write_scopes
 from gate.normalise import norm_text
 from schemas.events import TERMINAL_STATUSES
 
@@ -67,8 +69,11 @@ def _pattern_action(rule: dict[str, Any], target: str) -> str:
     return str(action)
 
 
-def _coverage(tool: str, tool_input: Any, permissions: dict[str, Any], spawned: Ev | None) -> dict[str, Any]:
-    """Which recorded rule let the tool run: the agent's permissions from its agent.spawned entry."""
+def _coverage(
+    tool: str, tool_input: Any, permissions: dict[str, Any], spawned: Ev | None, scopes: Any = None
+) -> dict[str, Any]:
+    """Which recorded rule let the tool run: the agent's permissions from its agent.spawned entry (and,
+    for a file the rule left to the policy to judge, the delegation's write `scopes`)."""
     if spawned is None:
         return {
             "by": "no agent.spawned entry records the agent's permissions",
@@ -88,6 +93,8 @@ def _coverage(tool: str, tool_input: Any, permissions: dict[str, Any], spawned: 
     if isinstance(rule, dict):  # {pattern: action}: judged on the path the tool was given
         target = next((v for k in _PATH_KEYS if isinstance(v := _dict(tool_input).get(k), str)), "*")
         action = _pattern_action(rule, target)
+        if action == "ask":  # judged by the policy on the write scopes' paths (engine.write_scope)
+            return _asked(perm, target, rule, spawned, scopes)
         return {
             "by": f"permission {perm}: {action} for {target} by its patterns at spawn",
             "covered": action == "allow",
@@ -96,8 +103,27 @@ def _coverage(tool: str, tool_input: Any, permissions: dict[str, Any], spawned: 
     return {"by": f"permission {perm}: {rule} at spawn", "covered": rule == "allow", "rule": rule}
 
 
+def _asked(perm: str, target: str, rule: dict[str, Any], spawned: Ev | None, scopes: Any) -> dict[str, Any]:
+    """Coverage of a file the agent's rule asked about: inside one of the delegation's write scopes, as
+    the policy answered OpenCode (its answer is the permission decision recorded before the call)."""
+    project = (spawned.data or {}).get("project_directory") if spawned is not None else None
+    limited = write_scopes(scopes if isinstance(scopes, list) else None)
+    rel = project_relative(target, project) if isinstance(project, str) and os.path.isabs(target) else None
+    scope = within(limited, rel) if limited and rel is not None else None
+    return {
+        "by": f"permission {perm}: asked for {target}; "
+        + (f"inside the write scope {scope}" if scope else "outside the delegation's write scopes"),
+        "covered": scope is not None,
+        "rule": rule,
+    }
+
+
 def actions(
-    scan: LedgerScan, stream: str, spawned: Ev | None, window: tuple[int, int]
+    scan: LedgerScan,
+    stream: str,
+    spawned: Ev | None,
+    window: tuple[int, int],
+    scopes: Any = None,
 ) -> list[dict[str, Any]]:
     """Every tool call and permission decision recorded for the agent, with what covered it.
     (Objects are written with their keys in order: the report's encoder then has none to sort.)"""
@@ -122,7 +148,7 @@ def actions(
         elif kind == "tool":
             tool_input = d.get("input")
             item = {
-                "coverage": _coverage(d["tool"], tool_input, permissions, spawned),
+                "coverage": _coverage(d["tool"], tool_input, permissions, spawned, scopes),
                 "detail": _short(tool_input or {}),
                 "error": d.get("error"),
                 "hash": ev.hash_bytes.hex(),
@@ -232,7 +258,7 @@ def hop_node(
     status = st.get("status") or ("refused" if decision == "rejected" else "unknown")
     split = constraints_split(own, above)
     return {
-        "actions": actions(scan, stream, spawned, window),
+        "actions": actions(scan, stream, spawned, window, dc.get("scopes")),
         "budget": {
             "allocated": {"max_cost_usd": st.get("max_cost_usd"), "max_tokens": st.get("max_tokens")},
             "consumed": {

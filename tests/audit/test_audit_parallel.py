@@ -286,6 +286,15 @@ class TestCoverage:
 
     def test_plain_rules(self) -> None:
         assert _coverage("edit", {}, {"edit": "allow"}, self.SPAWNED)["covered"] is True
+        asked = {"edit": {"*": "ask", "*/.opencode/*": "deny"}}
+        spawned = self.SPAWNED._replace(data={**(self.SPAWNED.data or {}), "project_directory": "/p"})
+        scopes = ["repo:**#fs/read", "repo:src/**#fs/write"]
+        inside = _coverage("edit", {"filePath": "/p/src/a.py"}, asked, spawned, scopes)
+        assert inside["covered"] is True
+        assert "inside the write scope repo:src/**#fs/write" in inside["by"]
+        for path in ("/p/docs/a.md", "/elsewhere/src/a.py", "src/a.py"):
+            assert _coverage("edit", {"filePath": path}, asked, spawned, scopes)["covered"] is False, path
+        assert _coverage("edit", {"filePath": "/p/src/a.py"}, asked, spawned, None)["covered"] is False
         assert _coverage("bash", {}, {"bash": "deny"}, self.SPAWNED)["covered"] is False
         assert _coverage("webfetch", {}, {}, self.SPAWNED)["rule"] is None
 

@@ -389,6 +389,48 @@ class TestRuntimePermissions:
         assert perms["write"]["*/.opencode/*"] == "deny"
         assert "permission.decided" not in types_of(led, sid)
 
+    async def test_a_path_scope_limits_writes_to_its_path(
+        self, engine: Engine, project: Path, module_model: ScriptedModel, marker: str
+    ) -> None:
+        """With `repo:<path>/**#fs/write`, real OpenCode asks about every file the agent writes, and the
+        policy answers by the scope's path, as the gate matches scopes: inside it the write goes
+        through, elsewhere in the project it is refused; both answers are recorded. The agent ends."""
+        inside = project / marker / "src" / "ok.py"
+        outside = project / marker / "notes.md"
+        calls = [
+            ToolCall(name="write", arguments={"filePath": str(inside), "content": "x = 1\n"}, id="call_in"),
+            ToolCall(name="write", arguments={"filePath": str(outside), "content": "no\n"}, id="call_out"),
+        ]
+        module_model.add([ToolCallStep(calls=calls), TextStep(text=f"{marker} done")], match=marker)
+        req = root_request(
+            project, "tester", f"{marker} write", scopes=["repo:**#fs/read", f"repo:{marker}/src/**#fs/write"]
+        )
+        sid = await run_root(engine, req, timeout=100)
+        led = engine.ledger
+        assert led is not None
+        assert led.session(sid).status == "completed"  # type: ignore[union-attr]
+        assert inside.read_text() == "x = 1\n"
+        assert not outside.exists()
+        statuses = {d["input"]["filePath"]: d["status"] for _, d in events(led, sid, ["tool.called"])}
+        assert statuses == {str(inside): "completed", str(outside): "error"}
+        decided = dict((d["reply"], d["reason"]) for _, d in events(led, sid, ["permission.decided"]))
+        assert sorted(decided) == ["once", "reject"]  # the two calls may be asked about in either order
+        assert f"{marker}/src/ok.py by repo:{marker}/src/**#fs/write" in decided["once"]
+        assert f"(repo:{marker}/notes.md) is outside the delegation's write scope(s)" in decided["reject"]
+        assert first(led, sid, "agent.spawned")["permissions"]["write"]["*"] == "ask"
+        # the audit judges the recorded calls by the same scope paths
+        from engine.audit import build_report
+
+        report = build_report(led, req["task_id"], session_id=sid)
+        hop = report["tree"][0]
+        coverage = {a["detail"]: a["coverage"] for a in hop["actions"] if a["kind"] == "tool"}
+        (inside_cov,) = (c for d, c in coverage.items() if "ok.py" in d)
+        (outside_cov,) = (c for d, c in coverage.items() if "notes.md" in d)
+        assert inside_cov["covered"] is True
+        assert f"inside the write scope repo:{marker}/src/**#fs/write" in inside_cov["by"]
+        assert outside_cov["covered"] is False  # refused: it never ran, so no finding
+        assert not [f for f in report["findings"] if f["code"] == "ACTION_NOT_COVERED"]
+
     async def test_free_text_capability_runs_commands_inside_the_project(
         self, engine: Engine, project: Path, module_model: ScriptedModel, marker: str
     ) -> None:
@@ -473,6 +515,44 @@ class TestPermissionPolicy:
         assert named.decide("write", ["opencode.jsonc"])[0] == "reject"
         assert named.decide("write", [".delegation-ledger/roles/t.md"])[0] == "reject"
         assert _policy(scopes=["repo:src/**#fs/read"]).rules["edit"] == "deny"
+
+    def test_path_scopes_limit_writes_as_the_gate_matches_them(self, tmp_path: Path) -> None:
+        """`repo:<path>#fs/write` scopes make edits `ask`, answered by the gate's scope matching on the
+        file's path in the project, whether OpenCode names it from the git work tree, from `/` (a folder
+        outside git) or absolutely; a whole-repo scope, free text or another kind keeps them allowed."""
+        repo = tmp_path / "repo"
+        project = repo / "svc"
+        (repo / ".git").mkdir(parents=True)
+        project.mkdir()
+        raw = root_request(
+            project, "tester", "x", scopes=["repo:**#fs/read", "repo:src/**#fs/write", "repo:a.md#fs"]
+        )
+        policy = PermissionPolicy.from_request(SpawnRequest.model_validate(raw))
+        assert policy.worktree == str(repo)
+        assert policy.rules["edit"]["*"] == policy.rules["write"]["*"] == "ask"
+        for path in ("svc/src/a.py", str(project / "src" / "b" / "c.py"), "svc/a.md"):
+            assert policy.decide("write", [path])[0] == "once", path
+        for path in (
+            "svc/tests/t.py",
+            "other/src/a.py",
+            "svc/src/../x.py",
+            "svc/src/.opencode/p.ts",
+            "/etc/x",
+        ):
+            assert policy.decide("edit", [path])[0] == "reject", path
+        assert policy.decide("edit", ["svc/src/a.py", "svc/b.py"])[0] == "reject"  # every file must be inside
+        assert policy.decide("edit", [])[0] == "reject"
+        outside_git = _policy(scopes=["repo:src/**#fs/write"])
+        assert outside_git.worktree == "/"
+        assert outside_git.decide("write", ["srv/project/src/a.py"])[0] == "once"
+        assert outside_git.decide("write", ["srv/project/docs/a.md"])[0] == "reject"
+        for unlimited in (
+            _policy(),
+            _policy(scopes=["repo:**#fs/write"]),
+            _policy(scopes=["ext:tmp/**#fs/write"]),
+        ):
+            assert unlimited.rules["edit"]["*"] == "allow"
+            assert unlimited.decide("edit", ["srv/project/docs/a.md"])[0] == "once"
 
     def test_no_shell_constraint(self) -> None:
         """A free-text constraint forbidding the shell turns bash off even without scopes."""
