@@ -183,8 +183,18 @@ class TestActionsAndBudgets:
         assert write_rule["*"] == "allow"
         assert write_rule["*/.opencode/*"] == "deny"
         assert spawn_rule == "gate"
-        child = [(a["name"], a["status"]) for a in by_id[chain.ids["child"]]["actions"]]
-        assert child == [("write", "completed"), ("ledger_spawn_agent", "error")]
+        # the child's only write scope is a path (repo:tests/**): OpenCode asked, the policy answered
+        child = [
+            (a["kind"], a["name"], a.get("status") or a.get("reply"))
+            for a in by_id[chain.ids["child"]]["actions"]
+        ]
+        assert child == [
+            ("permission", "edit", "once"),  # OpenCode asks for its write tool as "edit"
+            ("tool", "write", "completed"),
+            ("tool", "ledger_spawn_agent", "error"),
+        ]
+        asked = by_id[chain.ids["child"]]["actions"][1]["coverage"]
+        assert "inside the write scope repo:tests/**" in asked["by"]
         assert all(a["coverage"]["covered"] for h in by_id.values() for a in h["actions"])
         assert report["summary"]["tool_calls"] == 5
 
