@@ -108,6 +108,8 @@ class Builder:
         self.led, self.constitution, self.project = led, constitution, project
         self.known = frozenset(ROLES)
         self.n = 0
+        #: the policies of the agents, by session (a write limited to scope paths is asked about first)
+        self.policies: dict[str, PermissionPolicy] = {}
         led.append(
             "ledger",
             ConstitutionLoaded(
@@ -165,7 +167,7 @@ class Builder:
                 project_directory=self.project,
                 max_tokens=budget.max_tokens if budget else None,
                 timeout_seconds=900.0,
-                permissions=PermissionPolicy.from_request(req).rules,
+                permissions=self._policy(sid, req).rules,
                 pid=1000 + self.n,
             ),
         )
@@ -192,15 +194,30 @@ class Builder:
         )
         return sid
 
+    def _policy(self, sid: str, req: SpawnRequest) -> PermissionPolicy:
+        policy = self.policies[sid] = PermissionPolicy.from_request(req)
+        return policy
+
     def work(self, sid: str, tokens: int, *, overrun: bool = False, shell: bool = False) -> None:
         led = self.led
+        target = f"{self.project}/src/part.py"
+        policy = self.policies[sid]
+        if policy.write_scopes:  # OpenCode asks (as "edit", the file from its worktree), the policy answers
+            asked = [target.lstrip("/")]
+            reply, reason = policy.decide("edit", asked)
+            led.append(
+                sid,
+                PermissionDecided(
+                    session_id=sid, permission="edit", patterns=asked, reply=reply, reason=reason
+                ),
+            )
         led.append(
             sid,
             ToolCalled(
                 session_id=sid,
                 tool="write",
                 call_id=f"w{sid[:8]}",
-                input={"filePath": "src/part.py", "content": "def f():\n    return 1\n"},
+                input={"filePath": target, "content": "def f():\n    return 1\n"},
                 output="Wrote file successfully.",
             ),
         )
