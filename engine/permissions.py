@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from engine.write_scope import project_relative, within, worktree_of, write_scopes
+from engine.write_scope import grants_write, project_relative, within, worktree_of, write_scopes
 from schemas.requests import SpawnRequest
 
 Reply = Literal["once", "always", "reject"]
@@ -77,11 +77,9 @@ def _edit_rule(scopes: list[str] | None) -> dict[str, str]:
     """The edit/write rule of a delegation that may edit: anything but the agents' configuration that
     no write scope names (see AGENT_CONFIG)."""
     named = set()
-    for scope in scopes or []:
-        resource, _, action = scope.partition("#")
-        path = resource.partition(":")[2]
-        if action == "fs" or action.startswith("fs/write"):
-            named.update(n for n in AGENT_CONFIG if path == n or path.startswith(n + "/"))
+    for scope in filter(grants_write, scopes or []):
+        path = scope.partition("#")[0].partition(":")[2]
+        named.update(n for n in AGENT_CONFIG if path == n or path.startswith(n + "/"))
     rule = {"*": "allow"}
     for name, patterns in AGENT_CONFIG.items():
         if name not in named:

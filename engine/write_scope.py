@@ -16,14 +16,19 @@ from collections.abc import Iterable
 import gate
 
 
+def grants_write(scope: str) -> bool:
+    """Whether `scope` grants writing files: its action is `fs/write` or `fs`, which covers it."""
+    return scope.partition("#")[2] in ("fs", "fs/write")
+
+
 def write_scopes(scopes: Iterable[str] | None) -> tuple[str, ...] | None:
     """The scopes that grant writing, when every one of them is a path inside the project (`repo:...`,
     not the whole `repo:**`): writes are then limited to those paths. None when writing is not limited
     by path (no scopes, a whole-repo scope, or one of another kind)."""
     granting = []
     for scope in scopes or ():
-        resource, _, action = scope.partition("#")
-        if not (action == "fs" or action.startswith("fs/write") or action in ("*", "fs/*")):
+        resource = scope.partition("#")[0]
+        if not grants_write(scope):
             continue
         if not resource.startswith("repo:") or resource in ("repo:", "repo:**"):
             return None
