@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from engine.printable import printable
+from engine.printable import printable, styled  # styled: the commands import it from here
 
 
 class _Console(Console):
@@ -33,11 +33,6 @@ class _Console(Console):
 
 out = _Console()
 err = _Console(stderr=True)
-
-
-def styled(*parts: str | tuple[str, str]) -> Text:
-    """One line of plain parts and (text, style) parts, each shown as it is (see `_Console`)."""
-    return Text.assemble(*((printable(p[0]), p[1]) if isinstance(p, tuple) else printable(p) for p in parts))
 
 
 def emit_json(obj: Any) -> None:

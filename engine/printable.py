@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.text import Text
+
 _C0_C1 = [*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0)]
 #: bidirectional embeddings, overrides and isolates, and the Arabic letter mark
 _BIDI = [*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x061C]
@@ -27,3 +29,9 @@ def printable(value: Any) -> str:
     """`str(value)` with every control character (but line breaks and tabs) and bidi control written as
     a visible escape."""
     return str(value).translate(VISIBLE)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """Rich text of plain parts and (text, style) parts, each shown as it is: never read as markup,
+    control characters written as visible escapes; the same whatever console prints it."""
+    return Text.assemble(*((printable(p[0]), p[1]) if isinstance(p, tuple) else printable(p) for p in parts))

@@ -11,7 +11,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from engine.audit import labels
-from engine.printable import printable
+from engine.printable import styled
 
 _STYLE = {
     "refused": "bold red",
@@ -24,19 +24,13 @@ _STYLE = {
 _SEVERITY = {"violation": "bold red", "warning": "yellow", "info": "cyan"}
 
 
-def _line(*parts: Any) -> Text:
-    """Rich text from plain parts (text from the ledger: shown as it is, control characters visible,
-    never read as markup) and (text, style) parts; whatever console prints it."""
-    return Text.assemble(*(p if isinstance(p, tuple) else printable(p) for p in parts))
-
-
 def _header(env: dict[str, Any]) -> list[RenderableType]:
     r = env["report"]
     s, led, task = r["summary"], r["ledger"], r["task"]
     ok = s["result"] == "pass"
     lines: list[RenderableType] = [
-        _line(
-            (f"Compliance audit of task {printable(task['task_id'])}", "bold"),
+        styled(
+            (f"Compliance audit of task {task['task_id']}", "bold"),
             "  ",
             (s["result"].upper(), "bold green" if ok else "bold red"),
             f" ({s['violations']} violation(s), {s['warnings']} warning(s))",
@@ -98,23 +92,23 @@ def _header(env: dict[str, Any]) -> list[RenderableType]:
     t.add_column(style="bold")
     t.add_column(overflow="fold")
     for k, v in rows:
-        t.add_row(k, _line(v))
+        t.add_row(k, styled(v))
     lines.append(t)
     return lines
 
 
 def _tree(r: dict[str, Any]) -> Tree:
     authority = (r["task"].get("cap_origin") or {}).get("ultimate_authority", "?")
-    root = Tree(_line(("delegation tree", "bold"), f" (authority: {authority})"))
+    root = Tree(styled(("delegation tree", "bold"), f" (authority: {authority})"))
 
     def add(node: Tree, hop: dict[str, Any]) -> None:
         style = _STYLE[labels.kind(hop)]
-        head = _line(
-            (printable(labels.title(hop)), style),
+        head = styled(
+            (labels.title(hop), style),
             " ",
-            (printable(hop["session_id"][:8]), "dim"),
+            (hop["session_id"][:8], "dim"),
             " ",
-            (printable(labels.state(hop)), style),
+            (labels.state(hop), style),
             f" depth {hop['depth']}",
         )
         if not hop["in_window"]:
@@ -147,11 +141,11 @@ def _tree(r: dict[str, Any]) -> Tree:
         if hop["pruned"]:
             details.append(("pruned", "unavailable: " + ", ".join(hop["unavailable"])))
         for k, v in details:
-            branch.add(_line((f"{k}:", "dim"), f" {v}"))
+            branch.add(styled((f"{k}:", "dim"), f" {v}"))
         if hop["actions"]:
-            acts = branch.add(_line((f"actions ({len(hop['actions'])}):", "dim")))
+            acts = branch.add(styled((f"actions ({len(hop['actions'])}):", "dim")))
             for a in hop["actions"]:
-                acts.add(_line(labels.action(a)))
+                acts.add(styled(labels.action(a)))
         for child in hop["children"]:
             add(branch, child)
 
@@ -170,11 +164,11 @@ def renderables(env: dict[str, Any]) -> Group:
             t.add_column(c, overflow="fold")
         for x in r["refused"]:
             t.add_row(
-                _line(x["session_id"][:8]),
-                _line(x["role"]),
-                _line(x["parent_session_id"][:8] if x["parent_session_id"] else "main agent"),
+                styled(x["session_id"][:8]),
+                styled(x["role"]),
+                styled(x["parent_session_id"][:8] if x["parent_session_id"] else "main agent"),
                 str("" if x["decided_seq"] is None else x["decided_seq"]),
-                _line("; ".join(f"{f['rule']} {f['path']}: {f['message']}" for f in x["violations"])),
+                styled("; ".join(f"{f['rule']} {f['path']}: {f['message']}" for f in x["violations"])),
             )
         parts.append(t)
     t = Table(title="audit findings", header_style="bold")
@@ -183,16 +177,16 @@ def renderables(env: dict[str, Any]) -> Group:
     for f in r["findings"]:
         t.add_row(
             Text(f["severity"], style=_SEVERITY[f["severity"]]),
-            _line(f["code"]),
-            _line((f["session_id"] or "")[:8]),
+            styled(f["code"]),
+            styled((f["session_id"] or "")[:8]),
             "" if f["seq"] is None else str(f["seq"]),
-            _line(f["message"]),
+            styled(f["message"]),
         )
     parts.append(t)
     ret = r["retention"]
     oldest = ret["oldest_entry"] or {}
     parts.append(
-        _line(
+        styled(
             f"retention: oldest entry #{oldest.get('seq')} {oldest.get('recorded_at')} "
             f"({oldest.get('age_days')} d; minimum {ret['minimum_days']:g} d), "
             f"{ret['pruned_payloads']} pruned payload(s), {len(ret['prunes'])} prune(s): "
