@@ -56,6 +56,10 @@ class Verifier:
         self.key_hash = _key_hash(name, public)
         self._key = Ed25519PublicKey.from_public_bytes(public)
 
+    def __reduce__(self) -> tuple[type[Verifier], tuple[str, bytes]]:
+        """Pickled as its name and public bytes (the key object itself does not pickle)."""
+        return Verifier, (self.name, self.public)
+
     @classmethod
     def parse(cls, text: str) -> Verifier:
         try:

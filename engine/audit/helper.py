@@ -1,10 +1,10 @@
 """The audit's helper on the second core: what it is handed, what it does, how its answer is taken.
 
-The child itself (forking, its inbox, hurrying it, reading its answer) is `engine/audit/forked.py`;
-this module is the audit's side: a `Helper` verifies the chain on its own read, keeps what re-runs
-read (`scan.Captured`) and prepares a `Rerunner` over it while the audit scans; `Reruns` hands it a
-share of the decisions and takes back what it did. Whatever it fails to do is done in the audit's
-process, with the same result.
+The worker process itself (forking it once, its inbox, hurrying it, reading its answer) is
+`engine/audit/forked.py`; this module is the audit's side: a `Helper` has the worker verify the
+chain on its own read, keep what re-runs read (`scan.Captured`) and prepare a `Rerunner` over it
+while the audit scans; `Reruns` hands it a share of the decisions and takes back what it did.
+Whatever it fails to do is done in the audit's process, with the same result.
 """
 
 from __future__ import annotations
@@ -13,66 +13,65 @@ from collections.abc import Callable
 from typing import Any
 
 import gate
-from engine.audit.forked import Child
+from engine.audit import forked
 from engine.audit.rerun import Requests, Rerunner, Rulebook
 from engine.audit.scan import AncestorAt, Captured, ContextAt, Ev, LedgerScan, ScanPoint, decode_payload
 from ledger import VerifyReport
 from ledger.entry import Head
 
-#: below this many entries in the ledger no helper child is forked: its fork and answer cost more
+#: below this many entries in the ledger no helper is used: handing it the work and taking its answer
+#: cost more
 FORK_MIN_ENTRIES = 2000
 #: below this many decisions none is handed to the helper (it only verifies)
 FORK_MIN_RERUNS = 200
 #: the share of the re-runs handed to the helper (this process builds every hop of the tree meanwhile,
 #: re-runs the others, then takes back what the helper has not done)
 CHILD_SHARE = 0.8
-#: room for the helper's input (streams and contexts, pickled); memory is only made as used
+#: room for the helper's task and input (streams and contexts, pickled); memory is only made as used
 INBOX_BYTES = 1 << 30
+#: the helper's name among this process's workers (forked.lease)
+WORKER = "audit-helper"
 
 
 class Helper:
-    """A child forked before the scan (see forked.py), while this process holds little: it verifies
-    the chain on a read of its own while this process reads, decodes and folds it, keeping on the way
-    the entries re-runs read (`Captured`), which it decodes and validates while the scan goes on; then
-    it re-runs the decisions it is handed (their streams and rebuilt contexts: small) while this
-    process builds the tree. It answers (the verify report, the re-runs); whatever it fails to answer
-    is done here."""
+    """The worker (see forked.py) given one audit's work: it verifies the chain on a read of its own
+    while this process reads, decodes and folds it, keeping on the way the entries re-runs read
+    (`Captured`), which it decodes and validates while the scan goes on; then it re-runs the
+    decisions it is handed (their streams and rebuilt contexts: small) while this process builds the
+    tree. It answers (the verify report, the re-runs); whatever it fails to answer is done here."""
 
-    def __init__(self, child: Child) -> None:
-        self.child = child
+    def __init__(self, worker: forked.Worker) -> None:
+        self.worker = worker
+        self._over = False
 
     @classmethod
     def start(cls, point: ScanPoint, current: gate.Constitution, source: str | None) -> Helper | None:
-        """A helper for the scan of `point` (None when no child can be forked here, or the ledger is
+        """A helper for the scan of `point` (None when no worker can serve here, or the ledger is
         small: the scan then verifies, and every re-run is done in this process)."""
         if point.last < FORK_MIN_ENTRIES:
             return None
-
-        def work(
-            receive: Callable[[], Any], hurried: Callable[[], bool]
-        ) -> tuple[VerifyReport, list[dict[str, Any]] | None]:
-            captured = Captured()
-            verify = point.verify(captured)
-            prepared = _prepare(captured, current, source)  # while this process still scans
-            job = receive()
-            return verify, None if job is None else _rerun_job(job, prepared, hurried)
-
-        child = Child.start(work, allowance_s=10.0 + 0.002 * point.last, inbox=INBOX_BYTES)
-        return None if child is None else cls(child)
+        worker = forked.lease(WORKER, _handle, inbox=INBOX_BYTES)
+        if worker is None:
+            return None
+        if not worker.begin((point, current, source), allowance_s=10.0 + 0.002 * point.last):
+            forked.give_back(worker)
+            return None
+        return cls(worker)
 
     def send(self, scan: LedgerScan, streams: list[str]) -> bool:
         """Hand the helper the re-runs of `streams` (none: it answers its verify alone); False when it
         cannot take them (they are then re-run here)."""
         if not streams:
-            self.child.send(None)
+            self.worker.send(None)
             return False
-        return self.child.send(_job(scan, streams))
+        return self.worker.send(_job(scan, streams))
 
     def result(self) -> tuple[VerifyReport | None, list[dict[str, Any]] | None]:
         """(its verify report, the re-runs it did: the first ones of those it was sent, maybe not all;
         None for what it failed to answer). It is told to hurry: it stops after its current batch."""
-        self.child.hurry()
-        answer = self.child.result()
+        self.worker.hurry()
+        answer = self.worker.result()
+        self._give_back()
         if not isinstance(answer, tuple) or len(answer) != 2:
             return None, None
         verify, reruns = answer
@@ -81,8 +80,31 @@ class Helper:
         )
 
     def close(self) -> None:
-        """Give up on the helper (kill and reap it), e.g. when the audit fails meanwhile."""
-        self.child.close()
+        """Give up on the helper's answer if it is not in yet (e.g. when the audit fails meanwhile): the
+        worker is killed and reaped (a later audit forks another)."""
+        if not self._over:
+            self.worker.retire()
+            self._give_back()
+
+    def _give_back(self) -> None:
+        if not self._over:
+            self._over = True
+            forked.give_back(self.worker)
+
+
+def _handle(
+    task: tuple[ScanPoint, gate.Constitution, str | None],
+    receive: Callable[[], Any],
+    hurried: Callable[[], bool],
+) -> tuple[VerifyReport, list[dict[str, Any]] | None]:
+    """In the worker, one audit's work: verify (capturing what re-runs read), prepare the re-runner,
+    then re-run the decisions handed over until done or hurried."""
+    point, current, source = task
+    captured = Captured()
+    verify = point.verify(captured)
+    prepared = _prepare(captured, current, source)  # while the audit still scans
+    job = receive()
+    return verify, None if job is None else _rerun_job(job, prepared, hurried)
 
 
 def _job(scan: LedgerScan, streams: list[str]) -> tuple[Any, ...]:

@@ -215,7 +215,7 @@ def _build_report(
     now = now or datetime.now(UTC)
     current_rules = current if current is not None else gate.default_constitution()
     point = ScanPoint.of(ledger)
-    helper = Helper.start(point, current_rules, current_source)  # forked now, while the heap is small
+    helper = Helper.start(point, current_rules, current_source)  # it verifies while this process scans
     try:
         sc = scan(ledger, point=point, verify=helper is None)
         task_id, streams = select(sc, task_id, session_id)

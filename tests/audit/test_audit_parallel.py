@@ -4,8 +4,10 @@ plain sequential audit gives: same bytes (a tampered ledger included), same re-r
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,25 +27,56 @@ NOW = datetime(2030, 1, 1, tzinfo=UTC)
 Hops = Any
 
 
+@pytest.fixture(autouse=True)
+def no_worker_kept() -> Any:
+    """Each test starts and ends with no audit worker: one forked earlier would not see this test's
+    patches (it is a copy of the process as it was)."""
+    forked._retire_all()
+    yield
+    forked._retire_all()
+
+
 @pytest.fixture
-def started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The re-run child is forked here whatever threads the test session left behind (they are idle),
-    for any number of re-runs; returns one entry per child started."""
+def started(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The audit worker is forked here whatever threads the test session left behind (they are idle),
+    for any number of re-runs; returns the pid of each worker forked."""
     monkeypatch.setenv("LEDGER_AUDIT_FORK", "1")
     monkeypatch.setattr(forked, "can_fork", lambda: True)
     monkeypatch.setattr(helper, "FORK_MIN_RERUNS", 1)
     monkeypatch.setattr(helper, "FORK_MIN_ENTRIES", 1)
-    kinds: list[str] = []
-    real_start = forked.Child.start
+    pids: list[int] = []
+    real_fork = forked.Worker.fork
 
-    def start(work: Any, **kwargs: Any) -> forked.Child | None:
-        child = real_start(work, **kwargs)
-        if child is not None:
-            kinds.append("helper")
-        return child
+    def fork(*args: Any, **kwargs: Any) -> forked.Worker | None:
+        worker = real_fork(*args, **kwargs)
+        if worker is not None:
+            pids.append(worker.pid)
+        return worker
 
-    monkeypatch.setattr(forked.Child, "start", staticmethod(start))
-    return kinds
+    monkeypatch.setattr(forked.Worker, "fork", staticmethod(fork))
+    return pids
+
+
+def _gone(pid: int, within: float = 5.0) -> bool:
+    """Whether process `pid` (not our child) has ended within `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _echo(task: Any, receive: Any, hurried: Any) -> Any:
+    """A worker's handler for the tests: the task, its input, and whether it was hurried."""
+    if task == "sleep":
+        time.sleep(30)
+    got = receive() if task != "no input" else None
+    while task == "wait for hurry" and not hurried():  # killed past its allowance if never hurried
+        time.sleep(0.001)
+    return task, got, hurried()
 
 
 def _audit(db: Path, rules: gate.Constitution, task: str = TASK) -> dict[str, Any]:
@@ -62,9 +95,9 @@ class TestForked:
     def test_forked_report_is_the_serial_report(
         self, chain_keys: Chain, rules: gate.Constitution, started: list[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """A share of the re-runs in a child: the same canonical bytes."""
+        """A share of the re-runs in the worker: the same canonical bytes."""
         parallel = _audit(chain_keys.db, rules)
-        assert started == ["helper"]
+        assert len(started) == 1
         serial = _serial(chain_keys.db, rules, monkeypatch)
         assert canonical_bytes(parallel) == canonical_bytes(serial)
         assert parallel["ledger"]["verify"]["ok"] is True
@@ -73,10 +106,10 @@ class TestForked:
     def test_a_failed_child_is_done_here(
         self, chain_keys: Chain, rules: gate.Constitution, started: list[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """A child that answers nothing (crashed, killed) costs time, never content."""
-        monkeypatch.setattr(forked.Child, "result", lambda self: None)
+        """A worker that answers nothing (crashed, killed) costs time, never content."""
+        monkeypatch.setattr(helper, "_handle", lambda *args: os._exit(3))
         parallel = _audit(chain_keys.db, rules)
-        assert started == ["helper"]
+        assert len(started) == 1
         assert canonical_bytes(parallel) == canonical_bytes(_serial(chain_keys.db, rules, monkeypatch))
 
     def test_a_hurried_helper_answers_what_it_did(
@@ -105,14 +138,15 @@ class TestForked:
 
         monkeypatch.setattr(helper.Helper, "result", result)
         parallel = _audit(chain_keys.db, rules)
-        assert started == ["helper"]
+        assert len(started) == 1
         assert answered == [1]  # one of the seven decisions: the rest were re-run here
         assert canonical_bytes(parallel) == canonical_bytes(_serial(chain_keys.db, rules, monkeypatch))
 
     def test_an_input_too_large_for_the_inbox_is_done_here(
         self, chain_keys: Chain, rules: gate.Constitution, started: list[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(helper, "INBOX_BYTES", 16)
+        monkeypatch.setattr(helper, "INBOX_BYTES", 1 << 20)  # the task fits; its input will not
+        monkeypatch.setattr(helper, "_job", lambda scan, streams: b"x" * (2 << 20))
         sent: list[bool] = []
         real_send = helper.Helper.send
 
@@ -122,83 +156,142 @@ class TestForked:
 
         monkeypatch.setattr(helper.Helper, "send", send)
         parallel = _audit(chain_keys.db, rules)
-        assert started == ["helper"]
+        assert len(started) == 1
         assert sent == [False]
         assert canonical_bytes(parallel) == canonical_bytes(_serial(chain_keys.db, rules, monkeypatch))
 
-    def test_child_receives_its_input(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """A child with an inbox gets the one object sent, and sees when it is hurried."""
+    def test_worker_receives_its_task_and_input(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A task gets the one input sent, and sees when it is hurried."""
         monkeypatch.setenv("LEDGER_AUDIT_FORK", "1")
-
-        def work(receive: Any, hurried: Any) -> tuple[Any, bool]:
-            got = receive()
-            while not hurried():  # killed past its allowance if `hurry` never reached it
-                __import__("time").sleep(0.001)
-            return got, True
-
-        child = forked.Child.start(work, inbox=1 << 16, allowance_s=5.0)
-        if child is None:
+        worker = forked.Worker.fork(_echo, inbox=1 << 16)
+        if worker is None:
             pytest.skip("no fork on this system")
-        assert child.send({"streams": ["a", "b"], "n": 2.5})
-        assert not child.send("twice")  # one input only
-        child.hurry()
-        assert child.result() == ({"streams": ["a", "b"], "n": 2.5}, True)
+        try:
+            assert worker.begin("wait for hurry", allowance_s=5.0)
+            assert worker.send({"streams": ["a", "b"], "n": 2.5})
+            assert not worker.send("twice")  # one input per task
+            worker.hurry()
+            assert worker.result() == ("wait for hurry", {"streams": ["a", "b"], "n": 2.5}, True)
+            assert worker.begin("next", allowance_s=5.0)  # the same worker runs the next task
+            assert worker.send(7)
+            assert worker.result() == ("next", 7, False)
+        finally:
+            worker.retire()
 
-    def test_no_inbox_no_child(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """Where the inbox cannot be mapped, no child is forked (the audit works alone)."""
+    def test_no_inbox_no_worker(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Where the inbox cannot be mapped, no worker is forked (the audit works alone)."""
         monkeypatch.setenv("LEDGER_AUDIT_FORK", "1")
 
         def refused(*args: Any) -> None:
             raise OSError(12, "Cannot allocate memory")
 
         monkeypatch.setattr(forked.mmap, "mmap", refused)
-        assert forked.Child.start(lambda receive, hurried: 1, inbox=1 << 30) is None
+        assert forked.Worker.fork(_echo, inbox=1 << 30) is None
 
-    def test_child_told_nothing_receives_none(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_a_task_told_nothing_receives_none(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("LEDGER_AUDIT_FORK", "1")
-        child = forked.Child.start(lambda receive, hurried: receive(), inbox=1 << 16, allowance_s=5.0)
-        if child is None:
+        worker = forked.Worker.fork(_echo, inbox=1 << 16)
+        if worker is None:
             pytest.skip("no fork on this system")
-        assert child.result() is None  # closed unsent: the child's receive() says None
+        try:
+            assert worker.begin("anything", allowance_s=5.0)
+            assert worker.result() == ("anything", None, False)  # nothing sent: receive() says None
+            assert worker.begin("too large", allowance_s=5.0)
+            assert not worker.send(b"x" * (1 << 17))  # does not fit the inbox: the task gets None
+            assert worker.result() == ("too large", None, False)
+        finally:
+            worker.retire()
 
-    def test_child_that_never_answers_is_killed(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """A child stuck past its allowance is killed and reported as failed (the caller then works)."""
+    def test_a_worker_that_never_answers_is_killed(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A worker stuck past its allowance is killed, reaped and reported as failed (the caller then
+        works); it serves nothing more."""
         monkeypatch.setenv("LEDGER_AUDIT_FORK", "1")
-        child = forked.Child.start(lambda: __import__("time").sleep(30), allowance_s=0.2)
-        if child is None:
+        worker = forked.Worker.fork(_echo, inbox=1 << 16)
+        if worker is None:
             pytest.skip("no fork on this system")
-        assert child.result() is None
+        assert worker.begin("sleep", allowance_s=0.2)
+        assert worker.result() is None
+        assert worker.alive is False
+        with pytest.raises(ChildProcessError):
+            os.waitpid(worker.pid, os.WNOHANG)  # already reaped
+        assert worker.begin("next", allowance_s=1.0) is False
+
+    def test_worker_is_kept_for_the_next_audits(
+        self, chain_keys: Chain, rules: gate.Constitution, started: list[int], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """One worker serves every audit of the process (forking again would cost more than it saves);
+        each audit's report is the serial one."""
+        serial = canonical_bytes(_serial(chain_keys.db, rules, monkeypatch))
+        for _ in range(3):
+            assert canonical_bytes(_audit(chain_keys.db, rules)) == serial
+        assert len(started) == 1
+        os.kill(started[0], 0)  # still there, idle
+
+    def test_a_dead_worker_is_replaced(
+        self, chain_keys: Chain, rules: gate.Constitution, started: list[int], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A worker killed between audits (by anyone): the next audit works without it, then a new one
+        is forked; the reports are the serial one."""
+        serial = canonical_bytes(_serial(chain_keys.db, rules, monkeypatch))
+        assert canonical_bytes(_audit(chain_keys.db, rules)) == serial
+        os.kill(started[0], signal.SIGKILL)
+        os.waitpid(started[0], 0)
+        assert canonical_bytes(_audit(chain_keys.db, rules)) == serial
+        assert canonical_bytes(_audit(chain_keys.db, rules)) == serial
+        assert len(started) == 2
+
+    def test_busy_worker_is_not_shared(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """While one audit holds the worker, another gets none (it works alone) instead of waiting."""
+        monkeypatch.setattr(forked, "can_fork", lambda: True)
+        worker = forked.lease("test", _echo, inbox=1 << 16)
+        if worker is None:
+            pytest.skip("no fork on this system")
+        try:
+            assert forked.lease("test", _echo, inbox=1 << 16) is None
+        finally:
+            forked.give_back(worker)
+        again = forked.lease("test", _echo, inbox=1 << 16)
+        assert again is worker
+        forked.give_back(again)
+
+    def test_worker_leaves_when_its_parent_is_gone(self, tmp_path: Path) -> None:
+        """A process that dies without cleaning up (kill -9, os._exit) leaves no worker behind."""
+        ready = tmp_path / "worker.pid"
+        pid = os.fork()
+        if pid == 0:  # a process of its own, which leases a worker and then dies abruptly
+            code = 1
+            try:
+                os.environ["LEDGER_AUDIT_FORK"] = "1"
+                forked._workers.clear()
+                worker = forked.Worker.fork(_echo, inbox=1 << 16)
+                if worker is not None:
+                    ready.write_text(str(worker.pid))
+                    code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if status != 0:
+            pytest.skip("no fork on this system")
+        assert _gone(int(ready.read_text()))
 
     def test_a_failing_audit_kills_and_reaps_its_child(
         self, chain_keys: Chain, rules: gate.Constitution, started: list[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """An error while the child re-runs: the error surfaces, the child is killed and reaped."""
-        children: list[forked.Child] = []
-        real_close = forked.Child.close
-
-        def close(self: forked.Child) -> None:
-            children.append(self)
-            real_close(self)
+        """An error while the worker re-runs: the error surfaces, the worker is killed and reaped (its
+        task half done), and the next audit forks another."""
 
         def broken(*args: Any) -> dict[str, Any]:
             raise RuntimeError("hop building failed")
 
-        monkeypatch.setattr(forked.Child, "close", close)
-        monkeypatch.setattr(report_module, "hop_node", broken)
-        with pytest.raises(RuntimeError, match="hop building failed"):
-            _audit(chain_keys.db, rules)
-        assert started == ["helper"]
-        (child,) = children
+        with monkeypatch.context() as m:
+            m.setattr(report_module, "hop_node", broken)
+            with pytest.raises(RuntimeError, match="hop building failed"):
+                _audit(chain_keys.db, rules)
+        assert len(started) == 1
         with pytest.raises(ChildProcessError):
-            os.waitpid(child.pid, os.WNOHANG)  # already reaped
-
-    def test_child_answers_its_work(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setenv("LEDGER_AUDIT_FORK", "1")
-        child = forked.Child.start(lambda: {"answer": [1, 2.5, "x"]})
-        if child is None:
-            pytest.skip("no fork on this system")
-        assert child.result() == {"answer": [1, 2.5, "x"]}
-        assert child.result() == {"answer": [1, 2.5, "x"]}  # asked twice: the same answer
+            os.waitpid(started[0], os.WNOHANG)  # already reaped
+        assert _audit(chain_keys.db, rules)["ledger"]["verify"]["ok"] is True
+        assert len(started) == 2
 
     def test_tampered_ledger_is_reported_alike(
         self,
@@ -208,7 +301,7 @@ class TestForked:
         started: list[str],
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        """A tampered ledger: the same verify result and the same report, with or without the child."""
+        """A tampered ledger: the same verify result and the same report, with or without the worker."""
         db = chain_keys.copy_to(tmp_path / "copy")
         conn = sqlite3.connect(db)
         seq, payload = conn.execute(
@@ -221,7 +314,7 @@ class TestForked:
         conn.commit()
         conn.close()
         parallel = _audit(db, rules)
-        assert started == ["helper"]
+        assert len(started) == 1
         serial = _serial(db, rules, monkeypatch)
         assert parallel["ledger"]["verify"] == serial["ledger"]["verify"]
         assert parallel["ledger"]["verify"]["first_bad_seq"] == seq
@@ -230,7 +323,8 @@ class TestForked:
     def test_fork_switch(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """LEDGER_AUDIT_FORK=0 never forks; =1 forks whatever the load (where it is safe)."""
         monkeypatch.setenv("LEDGER_AUDIT_FORK", "0")
-        assert forked.Child.start(lambda: 1) is None
+        assert forked.Worker.fork(_echo, inbox=1 << 16) is None
+        assert forked.lease("test", _echo, inbox=1 << 16) is None
         monkeypatch.setenv("LEDGER_AUDIT_FORK", "1")
         monkeypatch.setattr(forked.os, "getloadavg", lambda: (99.0, 99.0, 99.0))
         idle = all(t is threading.main_thread() or t.name == "ledger-writer" for t in threading.enumerate())

@@ -150,6 +150,20 @@ class TestSignedNote:
         assert cp.note == cp.body + "\n" + lines[5] + "\n"
         assert parse_checkpoint_body(cp.body) == (ledger.origin, 5, cp.root, cp.head)
 
+    def test_verifier_pickles(self, ledger: Ledger) -> None:
+        """A verifier crosses to another process (the audit's worker) and checks notes there alike."""
+        import pickle
+
+        ledger.append("s", note(1))
+        cp = ledger.checkpoint()
+        pub = ledger.verifier()
+        assert pub is not None
+        copy = pickle.loads(pickle.dumps(pub))
+        assert (copy.name, copy.public, copy.key_hash) == (pub.name, pub.public, pub.key_hash)
+        assert copy.check(cp.note) == pub.check(cp.note)
+        assert copy.check(cp.note)[0] is True
+        assert copy.check(cp.note.replace("\n1\n", "\n2\n", 1))[0] is False
+
     def test_checkpoint_is_recorded_as_an_event(self, ledger: Ledger) -> None:
         """`checkpoint()` stores the note and appends a checkpoint.signed event carrying it, after the signed
         size."""
