@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gate
 from bench.audit_ledger import TASK, build
 from bench.common import median, write_results
-from engine.audit import build_report, render_bytes, seal
+from engine.audit import build_report, build_sealed, render_bytes, seal
 from engine.audit.hops import hop_node
 from engine.audit.report import lineage, select
 from engine.audit.rerun import Requests, Rerunner, Rulebook
@@ -57,7 +57,7 @@ def measure(led: Ledger, constitution: gate.Constitution, rounds: int) -> dict[s
         t0, c0, k0 = time.perf_counter(), time.process_time(), _children_cpu()
         led.replay()
         t1, c1, k1 = time.perf_counter(), time.process_time(), _children_cpu()
-        envelope = seal(build_report(led, TASK, current=constitution, now=now))
+        envelope = build_sealed(led, TASK, current=constitution, now=now)
         render_bytes(envelope, "json")
         t2, c2, k2 = time.perf_counter(), time.process_time(), _children_cpu()
         wall["replay"].append(t1 - t0)
@@ -102,7 +102,7 @@ def breakdown(led: Ledger, constitution: gate.Constitution, now: datetime, repea
         mode = os.environ.get("LEDGER_AUDIT_FORK")
         os.environ["LEDGER_AUDIT_FORK"] = "0"
         try:
-            render_bytes(seal(build_report(led, TASK, current=constitution, now=now)), "json")
+            render_bytes(build_sealed(led, TASK, current=constitution, now=now), "json")
         finally:
             if mode is None:
                 del os.environ["LEDGER_AUDIT_FORK"]

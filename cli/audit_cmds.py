@@ -89,7 +89,7 @@ def audit(
     Who asked for what, under whose authority, and who delegated what to whom.
 
     What each agent did and spent, what was refused and why, and whether the record is intact."""
-    from engine.audit import FORMATS, AuditInputError, build_report, issue, render_bytes, seal
+    from engine.audit import FORMATS, AuditInputError, build_sealed, issue, render_bytes
 
     fmt = "json" if want_json(json_out) else fmt
     if fmt not in FORMATS:
@@ -107,7 +107,7 @@ def audit(
         if sign and led.signer is None:
             fail(f"--sign needs the ledger's signing key (none at {led.key_path}; run `ledger init`)")
         try:
-            report = build_report(
+            envelope = build_sealed(
                 led,
                 task_id,
                 session_id=session,
@@ -119,7 +119,7 @@ def audit(
             )
         except AuditInputError as exc:
             fail(str(exc))
-        envelope = seal(report)
+        report = envelope["report"]
         if sign:
             envelope["issued"] = issue(led, envelope, by=os.environ.get("USER") or None)
     summary = report["summary"]

@@ -397,7 +397,7 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
         """Compliance audit of a task's delegation chains, from the ledger alone: the tree with every
         verdict re-run, actions, costs, refusals, findings. Returns {report, report_sha256}. `since` and
         `until` are RFC 3339 times; `session_id` limits the audit to one subtree."""
-        from engine.audit import AuditInputError, build_report, seal
+        from engine.audit import AuditInputError, build_sealed
         from schemas.base import parse_rfc3339
 
         if service.parent_of(caller()) is not None:  # a sub-agent audits only its own subtree
@@ -412,8 +412,8 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
         except ValueError as exc:
             raise ToolError(f"since/until: {exc}") from None
         try:
-            report = await asyncio.to_thread(
-                build_report,
+            return await asyncio.to_thread(
+                build_sealed,
                 service.ledger,
                 task_id,
                 session_id=session_id,
@@ -423,6 +423,5 @@ def build_server(service: DelegationService, *, tokens: SessionTokens | None = N
             )
         except AuditInputError as exc:
             raise ToolError(str(exc)) from None
-        return seal(report)
 
     return mcp

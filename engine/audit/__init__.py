@@ -2,6 +2,7 @@
 
 report = build_report(ledger, task_id, current=constitution)   # a JSON-ready dict
 envelope = seal(report)                                          # + its SHA-256
+envelope = build_sealed(ledger, task_id, current=constitution)  # both at once (faster, same bytes)
 text = render(envelope, "md")                                    # text | json | md | html | csv
 data = render_bytes(envelope, "json")                            # the same, as the bytes to write
 issue(ledger, envelope)                                          # audit.issued + signed checkpoint
@@ -9,7 +10,15 @@ issue(ledger, envelope)                                          # audit.issued 
 
 from engine.audit.findings import CODES
 from engine.audit.render import FORMATS, render, render_bytes
-from engine.audit.report import FORMAT, AuditInputError, build_report, issue, report_sha256, seal
+from engine.audit.report import (
+    FORMAT,
+    AuditInputError,
+    build_report,
+    build_sealed,
+    issue,
+    report_sha256,
+    seal,
+)
 
 __all__ = [
     "CODES",
@@ -17,6 +26,7 @@ __all__ = [
     "FORMATS",
     "AuditInputError",
     "build_report",
+    "build_sealed",
     "issue",
     "render",
     "render_bytes",

@@ -40,19 +40,22 @@ class _NeedsExactError(Exception):
     """A value only the exact encoder can write."""
 
 
-def _check_numbers(value: Any) -> bool:
+def _check_numbers(value: Any, partial: dict[int, tuple[str, ...]] | None = None) -> bool:
     """True when some float is integral (to be rewritten as an int); _NeedsExactError when a value is
-    not plain JSON or a number needs the exact encoder."""
+    not plain JSON or a number needs the exact encoder. `partial`: dicts (by id) walked already but for
+    the members named (`Prechecked`)."""
     stack = [value]
     pop, extend = stack.pop, stack.extend
     integral = False
+    rest = partial.get if partial else None
     while stack:
         v = pop()
         t = type(v)
         if t is str or v is None or t is bool:
             continue
         if t is dict:
-            extend(v.values())
+            keys = None if rest is None else rest(id(v))
+            extend(v.values() if keys is None else [v[k] for k in keys if k in v])
         elif t is list or t is tuple:
             extend(v)
         elif t is int:
@@ -87,10 +90,37 @@ def _integral_floats_to_ints(value: Any) -> None:
                 raise _NeedsExactError  # cannot be rewritten in place
 
 
-def fast_canonical(value: dict[str, Any] | list[Any]) -> bytes:
-    """canonical_bytes(value) for a JSON-ready report (its integral floats become ints, in place)."""
+class Prechecked:
+    """Parts of a value whose numbers were walked ahead of its encoding (the audit does it while its
+    helper finishes): `fast_canonical(value, prechecked)` then walks only what is left. Sound only
+    while those parts stay as they were walked: the audit walks and encodes in one call."""
+
+    def __init__(self) -> None:
+        self.partial: dict[int, tuple[str, ...]] = {}
+        self.exact = False  # some part needs the exact encoder: the whole value goes to it
+        self._held: list[dict[str, Any]] = []  # keeps each walked dict alive, so its id stays its own
+
+    def walk(self, node: dict[str, Any], rest: tuple[str, ...]) -> None:
+        """Walk every member of `node` but those named in `rest` (walked later with the whole)."""
+        if self.exact:
+            return
+        try:
+            integral = _check_numbers([v for k, v in node.items() if k not in rest])
+        except _NeedsExactError:
+            self.exact = True
+            return
+        if not integral:  # one to rewrite: left to the whole walk, which rewrites in place
+            self.partial[id(node)] = rest
+            self._held.append(node)
+
+
+def fast_canonical(value: dict[str, Any] | list[Any], prechecked: Prechecked | None = None) -> bytes:
+    """canonical_bytes(value) for a JSON-ready report (its integral floats become ints, in place);
+    `prechecked`: the parts of it whose numbers were walked already."""
+    if prechecked is not None and prechecked.exact:
+        return canonical_bytes(value)
     try:
-        if _check_numbers(value):
+        if _check_numbers(value, None if prechecked is None else prechecked.partial):
             _integral_floats_to_ints(value)
         out = orjson.dumps(value, option=_SORTED)
     except (_NeedsExactError, orjson.JSONEncodeError):

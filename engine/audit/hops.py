@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from fnmatch import fnmatchcase
+from functools import lru_cache
 from typing import Any
 
 from engine.audit.canonical import number
@@ -92,30 +93,63 @@ def _coverage(
         return {"by": f"no permission rule for {perm!r} at spawn", "covered": False, "rule": None}
     if isinstance(rule, dict):  # {pattern: action}: judged on the path the tool was given
         target = next((v for k in _PATH_KEYS if isinstance(v := _dict(tool_input).get(k), str)), "*")
-        action = _pattern_action(rule, target)
-        if action == "ask":  # judged by the policy on the write scopes' paths (engine.write_scope)
-            return _asked(perm, target, rule, spawned, scopes)
-        return {
-            "by": f"permission {perm}: {action} for {target} by its patterns at spawn",
-            "covered": action == "allow",
-            "rule": rule,
-        }
+        project = (spawned.data or {}).get("project_directory")
+        frozen = _frozen(rule, project, scopes)
+        # agents share their rules: each (rule, path, project, scopes) is judged once per process
+        by, covered = (
+            _judge(perm, target, rule, project, scopes) if frozen is None else _judged(perm, target, *frozen)
+        )
+        return {"by": by, "covered": covered, "rule": rule}
     return {"by": f"permission {perm}: {rule} at spawn", "covered": rule == "allow", "rule": rule}
 
 
-def _asked(perm: str, target: str, rule: dict[str, Any], spawned: Ev | None, scopes: Any) -> dict[str, Any]:
+def _frozen(
+    rule: dict[str, Any], project: Any, scopes: Any
+) -> tuple[tuple[tuple[str, str], ...], str | None, tuple[str, ...] | None] | None:
+    """The judgement's inputs as a cache key, when they are all text (else None: judged uncached, as a
+    key would take `1` for `True`)."""
+    if not set(map(type, rule.values())) <= _TEXT or not (project is None or type(project) is str):
+        return None
+    if type(scopes) is not list:
+        return tuple(rule.items()), project, None
+    if not set(map(type, scopes)) <= _TEXT:
+        return None
+    return tuple(rule.items()), project, tuple(scopes)
+
+
+_TEXT = frozenset({str})
+
+
+@lru_cache(maxsize=4096)
+def _judged(
+    perm: str,
+    target: str,
+    rule: tuple[tuple[str, str], ...],
+    project: str | None,
+    scopes: tuple[str, ...] | None,
+) -> tuple[str, bool]:
+    return _judge(perm, target, dict(rule), project, None if scopes is None else list(scopes))
+
+
+def _judge(perm: str, target: str, rule: dict[str, Any], project: Any, scopes: Any) -> tuple[str, bool]:
+    """(how, covered) for a tool's `target` under a {pattern: action} `rule`."""
+    action = _pattern_action(rule, target)
+    if action == "ask":  # judged by the policy on the write scopes' paths (engine.write_scope)
+        return _asked(perm, target, project, scopes)
+    return f"permission {perm}: {action} for {target} by its patterns at spawn", action == "allow"
+
+
+def _asked(perm: str, target: str, project: Any, scopes: Any) -> tuple[str, bool]:
     """Coverage of a file the agent's rule asked about: inside one of the delegation's write scopes, as
     the policy answered OpenCode (its answer is the permission decision recorded before the call)."""
-    project = (spawned.data or {}).get("project_directory") if spawned is not None else None
     limited = write_scopes(scopes if isinstance(scopes, list) else None)
     rel = project_relative(target, project) if isinstance(project, str) and os.path.isabs(target) else None
     scope = within(limited, rel) if limited and rel is not None else None
-    return {
-        "by": f"permission {perm}: asked for {target}; "
+    return (
+        f"permission {perm}: asked for {target}; "
         + (f"inside the write scope {scope}" if scope else "outside the delegation's write scopes"),
-        "covered": scope is not None,
-        "rule": rule,
-    }
+        scope is not None,
+    )
 
 
 def actions(

@@ -16,7 +16,7 @@ from typing import Any
 
 import gate
 from engine.audit import findings as fnd
-from engine.audit.canonical import number, report_bytes
+from engine.audit.canonical import Prechecked, fast_canonical, number, report_bytes
 from engine.audit.helper import Helper, Reruns
 from engine.audit.hops import hop_node
 from engine.audit.rerun import Requests, Rerunner, Rulebook
@@ -199,6 +199,10 @@ def _tree(hops: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return roots
 
 
+#: what a hop gains once the re-runs are in: its re-run, its children (hops walked on their own)
+_FILLED_LATER = ("children", "rerun")
+
+
 def _build_report(
     ledger: Ledger,
     task_id: str | None = None,
@@ -211,6 +215,7 @@ def _build_report(
     retention_min: timedelta = timedelta(days=180),
     stale_after: timedelta = timedelta(hours=1),
     now: datetime | None = None,
+    prechecked: Prechecked | None = None,
 ) -> dict[str, Any]:
     now = now or datetime.now(UTC)
     current_rules = current if current is not None else gate.default_constitution()
@@ -243,6 +248,9 @@ def _build_report(
             found += fnd.supervision_findings(h, entries)
         newest = _checkpoint(ledger, sc)
         kept, retention_findings = fnd.retention(sc, retention_min, now)
+        if prechecked is not None:  # the hops' numbers, while the helper finishes (all but what it adds)
+            for h in hops:
+                prechecked.walk(h, _FILLED_LATER)
         done = reruns.result()
     finally:
         if helper is not None:
@@ -386,10 +394,46 @@ def report_sha256(report: dict[str, Any]) -> str:
 def seal(report: dict[str, Any]) -> Sealed:
     """The report with its own hash beside it: what `--format json` prints."""
     with _gc_paused():
-        data = report_bytes(report)
+        return _sealed(report, report_bytes(report))
+
+
+def _sealed(report: dict[str, Any], data: bytes) -> Sealed:
     envelope = Sealed(report=report, report_sha256=hashlib.sha256(data).hexdigest())
     envelope.report_canonical = data
     return envelope
+
+
+def build_sealed(
+    ledger: Ledger,
+    task_id: str | None = None,
+    *,
+    session_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    current: gate.Constitution | None = None,
+    current_source: str | None = None,
+    retention_min: timedelta = timedelta(days=180),
+    stale_after: timedelta = timedelta(hours=1),
+    now: datetime | None = None,
+) -> Sealed:
+    """`seal(build_report(...))` in one call, the same bytes: the hops' numbers are walked for the
+    encoder while the helper finishes its re-runs, and the encoder walks only what came after."""
+    prechecked = Prechecked()
+    with _gc_paused():
+        report = _build_report(
+            ledger,
+            task_id,
+            session_id=session_id,
+            since=since,
+            until=until,
+            current=current,
+            current_source=current_source,
+            retention_min=retention_min,
+            stale_after=stale_after,
+            now=now,
+            prechecked=prechecked,
+        )
+        return _sealed(report, fast_canonical(report, prechecked))
 
 
 def issue(ledger: Ledger, envelope: dict[str, Any], by: str | None = None) -> dict[str, Any]:

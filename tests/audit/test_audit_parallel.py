@@ -16,7 +16,7 @@ import pytest
 from audit_support import TASK, Chain
 
 import gate
-from engine.audit import build_report, forked, helper
+from engine.audit import build_report, build_sealed, forked, helper, seal
 from engine.audit import report as report_module
 from engine.audit.canonical import fast_canonical, number
 from engine.audit.hops import _coverage
@@ -102,6 +102,21 @@ class TestForked:
         assert canonical_bytes(parallel) == canonical_bytes(serial)
         assert parallel["ledger"]["verify"]["ok"] is True
         assert parallel["summary"]["reruns"]["reproduced"] == 7
+
+    def test_built_and_sealed_at_once_is_the_same(
+        self, chain_keys: Chain, rules: gate.Constitution, started: list[int], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`build_sealed` (the numbers of the hops walked while the worker finishes) seals the same bytes
+        as `seal(build_report(...))`, with a worker and without."""
+        with Ledger.open(chain_keys.db, create=False) as led:
+            at_once = build_sealed(led, TASK, current=rules, now=NOW)
+            assert len(started) == 1
+            apart = seal(build_report(led, TASK, current=rules, now=NOW))
+            with monkeypatch.context() as m:
+                m.setattr(forked, "can_fork", lambda: False)
+                alone = build_sealed(led, TASK, current=rules, now=NOW)
+        assert at_once.report_canonical == apart.report_canonical == alone.report_canonical
+        assert at_once["report_sha256"] == apart["report_sha256"] == alone["report_sha256"]
 
     def test_a_failed_child_is_done_here(
         self, chain_keys: Chain, rules: gate.Constitution, started: list[str], monkeypatch: pytest.MonkeyPatch
