@@ -137,16 +137,24 @@ def _filtered(conn: sqlite3.Connection, cursor: sqlite3.Cursor) -> Iterator[Entr
         )
 
 
-def iter_rows(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
-    """Every stored entry as a plain row, in seq order (the verifier's fast path).
+def iter_rows(
+    conn: sqlite3.Connection, *, until: int | None = None, hashes_only: bool = False
+) -> Iterator[tuple[Any, ...]]:
+    """Every stored entry as a plain row, in seq order (the verifier's fast path); `until`: entries
+    1..until only; `hashes_only`: salt and payload hash left out (NULL), for a reader that does not
+    verify.
 
     Text columns come back as raw bytes: the chain hashes the bytes anyway, and a stream name or type
     corrupted into invalid UTF-8 must reach the verifier (which names the entry) instead of failing
     the read. Give this its own connection.
     """
     conn.text_factory = bytes
+    columns = ENTRY_COLUMNS.replace("e.salt, e.payload_hash", "NULL, NULL") if hashes_only else ENTRY_COLUMNS
+    where = "" if until is None else "WHERE e.seq <= ? "
     try:
-        cursor = conn.execute(f"SELECT {ENTRY_COLUMNS} FROM {ENTRY_FROM} ORDER BY e.seq")
+        cursor = conn.execute(
+            f"SELECT {columns} FROM {ENTRY_FROM} {where}ORDER BY e.seq", () if until is None else (until,)
+        )
     except sqlite3.Error as exc:
         raise translate(exc, "could not read entries") from exc
     cursor.arraysize = 2000

@@ -176,7 +176,7 @@ def actions(
                 "kind": kind,
                 "name": None,
                 "pruned": True,
-                "recorded_at": iso_us(ev.at_us),
+                "recorded_at": scan.at(ev),
                 "seq": ev.seq,
             }
         elif kind == "tool":
@@ -188,7 +188,7 @@ def actions(
                 "hash": ev.hash_bytes.hex(),
                 "kind": kind,
                 "name": d["tool"],
-                "recorded_at": iso_us(ev.at_us),
+                "recorded_at": scan.at(ev),
                 "seq": ev.seq,
                 "status": d.get("status"),
             }
@@ -200,7 +200,7 @@ def actions(
                 "kind": kind,
                 "name": d["permission"],
                 "patterns": d.get("patterns", []),
-                "recorded_at": iso_us(ev.at_us),
+                "recorded_at": scan.at(ev),
                 "reply": d["reply"],
                 "seq": ev.seq,
             }
@@ -241,8 +241,8 @@ def _sorted(d: dict[str, Any]) -> dict[str, Any]:
     return {k: d[k] for k in sorted(d)}
 
 
-def _evidence(ev: Ev | None) -> dict[str, Any] | None:
-    return None if ev is None else ev.evidence()
+def _evidence(ev: Ev | None, texts: dict[int, str]) -> dict[str, Any] | None:
+    return None if ev is None else ev.evidence(texts)
 
 
 def hop_node(
@@ -251,7 +251,7 @@ def hop_node(
     """The audit's view of one delegation (approved or refused). Objects are written with their keys
     in order (`rerun` is filled in later, in place): the report's encoder then has none to sort."""
     events = scan.by_stream.get(stream, ())
-    firsts = scan.firsts
+    firsts, texts = scan.firsts, scan.texts
     requested = firsts.get((stream, "delegation.requested"))
     decided = firsts.get((stream, "gate.decided"))
     spawned = firsts.get((stream, "agent.spawned"))
@@ -266,7 +266,7 @@ def hop_node(
         if t == "output.received":
             outputs += 1
         elif t == "budget.exceeded":
-            exceeded.append(_sorted({**(e.data or {}), **e.evidence()}))
+            exceeded.append(_sorted({**(e.data or {}), **e.evidence(scan.texts)}))
         elif terminal is None and t in TERMINAL_TYPES:
             terminal = e
     revoked_by = scan.revocations.get(stream)
@@ -323,11 +323,11 @@ def hop_node(
         "depth": dd.get("depth", st.get("depth", len(ancestors))),
         "end_reason": st.get("end_reason"),
         "evidence": {
-            "decided": _evidence(decided),
-            "requested": _evidence(requested),
-            "revoked": _evidence(revoked_by),
-            "spawned": _evidence(spawned),
-            "terminal": _evidence(terminal),
+            "decided": _evidence(decided, texts),
+            "requested": _evidence(requested, texts),
+            "revoked": _evidence(revoked_by, texts),
+            "spawned": _evidence(spawned, texts),
+            "terminal": _evidence(terminal, texts),
         },
         "in_window": first is not None and window[0] <= first.at_us < window[1],
         "instructions": _short(raw.get("instructions"), 300) if raw.get("instructions") else None,
@@ -350,8 +350,8 @@ def hop_node(
             "ended_at": st.get("ended_at"),
             "evaluated_at": dd.get("evaluated_at"),
             "expires_at": dc.get("expires_at") or sd.get("expires_at"),
-            "requested_at": None if first is None else iso_us(first.at_us),
-            "spawned_at": None if spawned is None else iso_us(spawned.at_us),
+            "requested_at": None if first is None else scan.at(first),
+            "spawned_at": None if spawned is None else scan.at(spawned),
             "timeout_seconds": sd.get("timeout_seconds"),
         },
         "unavailable": sorted(pruned_types),

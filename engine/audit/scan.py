@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import takewhile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -45,15 +44,35 @@ class Ev(NamedTuple):
     def hash(self) -> str:
         return self.hash_bytes.hex()
 
-    def evidence(self) -> dict[str, Any]:
-        """The entry's coordinates as evidence: seq, type, hash, time, and whether its payload is gone."""
+    def evidence(self, texts: dict[int, str] | None = None) -> dict[str, Any]:
+        """The entry's coordinates as evidence: seq, type, hash, time, and whether its payload is gone
+        (`texts`: times written already, see `LedgerScan.texts`)."""
         return {
             "hash": self.hash_bytes.hex(),
             "pruned": self.data is None,
-            "recorded_at": iso_us(self.at_us),
+            "recorded_at": iso_us(self.at_us) if texts is None else text_of(texts, self.at_us),
             "seq": self.seq,
             "type": self.type,
         }
+
+
+def text_of(texts: dict[int, str], us: int) -> str:
+    """`iso_us(us)`, written once per scan (the fold writes every event's time; the tree reuses them)."""
+    text = texts.get(us)
+    if text is None:
+        text = texts[us] = iso_us(us)
+    return text
+
+
+class _Projector(Projector):
+    """The ledger's projector, writing each time once for the whole scan (`LedgerScan.texts`)."""
+
+    def __init__(self, texts: dict[int, str]) -> None:
+        super().__init__()
+        self.texts = texts
+
+    def _when(self, recorded_at_us: int) -> str:
+        return text_of(self.texts, recorded_at_us)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +113,7 @@ class LedgerScan:
     checkpoints: list[StoredCheckpoint] = field(default_factory=list)
     verify: VerifyReport | None = None
     unreadable: list[int] = field(default_factory=list)  # seqs whose payload is not its event's JSON
+    texts: dict[int, str] = field(default_factory=dict)  # event times (microseconds) as written (iso_us)
     _tasks: dict[str, str | None] = field(default_factory=dict)
     _parents: dict[str, str | None] = field(default_factory=dict)
     _last: int = 0
@@ -112,6 +132,10 @@ class LedgerScan:
                 durable=durable,
             )
         return self.verify
+
+    def at(self, ev: Ev) -> str:
+        """The entry's time as the ledger writes it (`iso_us`, written once per scan)."""
+        return text_of(self.texts, ev.at_us)
 
     def in_window(self, stream: str, window: tuple[int, int]) -> bool:
         """Whether the stream's first entry lies in `window` (microseconds, start included)."""
@@ -259,11 +283,6 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "surrogateescape") if type(value) is bytes else str(value)
 
 
-def rows_until(rows: Iterator[tuple[Any, ...]], last: int) -> Iterator[tuple[Any, ...]]:
-    """The stored rows of entries 1..last (entries appended since the audit began are not its)."""
-    return takewhile(lambda row: row[0] <= last, rows)
-
-
 def verify_file(
     path: Path,
     last: int,
@@ -278,7 +297,7 @@ def verify_file(
     the re-runs read on the way (every entry is read, even past the first problem)."""
     conn = store.connect(path, durable=durable, readonly=True)
     try:
-        rows = rows_until(store.iter_rows(conn), last)
+        rows = store.iter_rows(conn, until=last)
         if capture is None:
             return verify_rows(rows, checkpoints=checkpoints, verifier=verifier, origin=origin)
         reader = capture.rows(rows)
@@ -334,7 +353,7 @@ def scan(ledger: Ledger, *, verify: bool = True, point: ScanPoint | None = None)
     decisions: list[Ev] = []
     conn = store.connect(point.path, durable=point.durable, readonly=True)
     try:
-        reader = _read(out, rows_until(store.iter_rows(conn), last), decisions)
+        reader = _read(out, store.iter_rows(conn, until=last, hashes_only=not verify), decisions)
         if verify:
             out.verify = verify_rows(reader, checkpoints=checkpoints, verifier=verifier, origin=origin)
         for _ in reader:  # verify stops at the first problem: the audit still reads everything
@@ -360,7 +379,7 @@ def scan(ledger: Ledger, *, verify: bool = True, point: ScanPoint | None = None)
 
 def _fold(out: LedgerScan, capture: dict[int, list[tuple[Ev, bool]]]) -> None:
     store = out.states
-    apply = Projector().apply
+    apply = _Projector(out.texts).apply
     revoked: set[str] = set()
     projected = PROJECTED_TYPES
     revocations = out.revocations
