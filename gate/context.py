@@ -15,8 +15,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cached_property
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
@@ -27,6 +26,30 @@ from schemas.requests import SpawnRequest
 from schemas.responsibility import CapOrigin, DelegationContext, OriginalTask
 
 __all__ = ["ChainContext", "DirectoryFacts", "Hop", "RemainingBudget"]
+
+_T = TypeVar("_T")
+
+
+class cached_property(Generic[_T]):  # noqa: N801 - named as the functools one it stands for
+    """`functools.cached_property` without the lock Python 3.11 takes on every first read (3.12
+    dropped it): computed once per object and stored in its `__dict__`, where later reads find it
+    first. The views cached here are pure functions of frozen fields: two threads computing one at
+    once store equal values."""
+
+    def __init__(self, func: Any) -> None:
+        self.func = func
+        self.name = func.__name__
+        self.__doc__ = func.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> _T:
+        if instance is None:
+            return self  # type: ignore[return-value]
+        value: _T = self.func(instance)
+        instance.__dict__[self.name] = value
+        return value
 
 
 @dataclass(frozen=True)

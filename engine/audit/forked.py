@@ -268,11 +268,11 @@ def _serve(handle: Handler, commands: int, answers: int, box: mmap.mmap, parent:
         task = _load(box, offset, size)
         answer = handle(task, lambda: _receive(commands, box, parent), lambda: _poked(commands))
         data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
-        del task, answer
         view = memoryview(_LENGTH.pack(len(data)) + data)
         while view:
             view = view[os.write(answers, view) :]
-        gc.collect()  # between tasks, off the parent's path (a task runs with the collector paused)
+        del task, answer, data, view  # freed and collected off the parent's path
+        gc.collect()  # between tasks (a task runs with the collector paused)
 
 
 def _next_frame(fd: int, parent: int) -> tuple[bytes, int, int] | None:

@@ -9,6 +9,7 @@ Whatever it fails to do is done in the audit's process, with the same result.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -74,10 +75,12 @@ class Helper:
         self._give_back()
         if not isinstance(answer, tuple) or len(answer) != 2:
             return None, None
-        verify, reruns = answer
-        return (verify if isinstance(verify, VerifyReport) else None), (
-            reruns if isinstance(reruns, list) else None
-        )
+        verify, batches = answer
+        try:
+            reruns = [r for batch in batches for r in pickle.loads(batch)]  # noqa: S301 - our worker's
+        except Exception:  # not the batches it sends: its re-runs are done here
+            reruns = None
+        return (verify if isinstance(verify, VerifyReport) else None), reruns
 
     def close(self) -> None:
         """Give up on the helper's answer if it is not in yet (e.g. when the audit fails meanwhile): the
@@ -142,19 +145,20 @@ def _prepare(captured: Captured, current: gate.Constitution, source: str | None)
     return Rerunner(sub, requests, Rulebook.from_scan(sub, current, source))
 
 
-def _rerun_job(job: tuple[Any, ...], rerunner: Rerunner, hurried: Callable[[], bool]) -> list[dict[str, Any]]:
+def _rerun_job(job: tuple[Any, ...], rerunner: Rerunner, hurried: Callable[[], bool]) -> list[bytes]:
     """In the helper: the re-runs of a `_job` with the `_prepare`d re-runner, in order, until done or
-    hurried (then the first ones only)."""
+    hurried (then the first ones only), pickled batch by batch as they are done."""
     streams, contexts = job
     for s, (head_seq, parents, revoked, broken) in contexts.items():
         rerunner.scan.contexts[s] = ContextAt(
             head_seq, tuple(AncestorAt(*a) for a in parents), frozenset(revoked), broken
         )
-    done: list[dict[str, Any]] = []
+    done: list[bytes] = []
     for i in range(0, len(streams), HURRY_BATCH):
         if i and hurried():
             break
-        done += [rerunner.rerun(s) for s in streams[i : i + HURRY_BATCH]]
+        batch = [rerunner.rerun(s) for s in streams[i : i + HURRY_BATCH]]
+        done.append(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))  # ready when hurried
     return done
 
 
