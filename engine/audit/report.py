@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -216,7 +217,10 @@ def _build_report(
     stale_after: timedelta = timedelta(hours=1),
     now: datetime | None = None,
     prechecked: Prechecked | None = None,
+    held: list[Any] | None = None,
 ) -> dict[str, Any]:
+    """`build_report`'s work (see there); `prechecked`: walk the hops' numbers for the encoder while the
+    helper finishes; `held`: the decoded ledger is put there rather than freed on return."""
     now = now or datetime.now(UTC)
     current_rules = current if current is not None else gate.default_constitution()
     point = ScanPoint.of(ledger)
@@ -255,6 +259,8 @@ def _build_report(
     finally:
         if helper is not None:
             helper.close()  # no-op once answered; otherwise the child is killed and reaped
+    if held is not None:
+        held += [sc, requests, rerunner, reruns]
     for h in hops:
         h["rerun"] = done.get(h["session_id"])
     for h in audited:
@@ -419,6 +425,7 @@ def build_sealed(
     """`seal(build_report(...))` in one call, the same bytes: the hops' numbers are walked for the
     encoder while the helper finishes its re-runs, and the encoder walks only what came after."""
     prechecked = Prechecked()
+    held: list[Any] = []
     with _gc_paused():
         report = _build_report(
             ledger,
@@ -432,8 +439,30 @@ def build_sealed(
             stale_after=stale_after,
             now=now,
             prechecked=prechecked,
+            held=held,
         )
-        return _sealed(report, fast_canonical(report, prechecked))
+        data = fast_canonical(report, prechecked)
+        digest = _Digest(data)  # hashlib lets go of the GIL: the decoded ledger is freed meanwhile
+        held.clear()
+        envelope = Sealed(report=report, report_sha256=digest.hexdigest())
+        envelope.report_canonical = data
+        return envelope
+
+
+class _Digest(threading.Thread):
+    """The SHA-256 of bytes, computed on a thread of its own."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(name="audit-digest", daemon=True)
+        self.data, self.digest = data, ""
+        self.start()
+
+    def run(self) -> None:
+        self.digest = hashlib.sha256(self.data).hexdigest()
+
+    def hexdigest(self) -> str:
+        self.join()
+        return self.digest
 
 
 def issue(ledger: Ledger, envelope: dict[str, Any], by: str | None = None) -> dict[str, Any]:

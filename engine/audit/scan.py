@@ -247,6 +247,7 @@ def _read(out: LedgerScan, rows: Iterable[tuple[Any, ...]], decisions: list[Ev])
     names: dict[Any, str] = {}  # stored names come as bytes (see sqlite_store.iter_rows): decoded once
     events, by_stream, firsts, seq_of_hash = out.events, out.by_stream, out.firsts, out.seq_of_hash
     unreadable = out.unreadable
+    new = tuple.__new__  # an Ev without the Python-level __new__ of a named tuple
     for row in rows:
         seq, stream, type_, at, payload, _salt, _phash, h = row
         s = names.get(stream)
@@ -267,7 +268,7 @@ def _read(out: LedgerScan, rows: Iterable[tuple[Any, ...]], decisions: list[Ev])
             if data is not None and (type(data) is not dict or data.get("type") != t):
                 unreadable.append(seq)
                 data = None
-        ev = Ev(seq, s, t, at, h, data)
+        ev = new(Ev, (seq, s, t, at, h, data))
         events.append(ev)
         by_stream[s].append(ev)
         key = (s, t)
