@@ -35,6 +35,18 @@ PROJECTED_TYPES: frozenset[str] = frozenset(
     }
 )
 
+#: Event types a projection only counts: folding one changes its session's counters and `updated_at`,
+#: nothing else (tests hold `Projector` to it). A reader that needs no counts may skip them.
+COUNTED_TYPES: frozenset[str] = frozenset({"message.sent", "tool.called", "permission.decided"})
+#: what folding a COUNTED_TYPES event may change
+COUNTERS: tuple[str, ...] = (
+    "messages",
+    "tool_calls",
+    "permissions_decided",
+    "permissions_rejected",
+    "updated_at",
+)
+
 _TERMINAL_BY_TYPE = {
     "agent.completed": "completed",
     "agent.stopped": "stopped",

@@ -335,6 +335,28 @@ class TestForked:
         assert parallel["ledger"]["verify"]["first_bad_seq"] == seq
         assert canonical_bytes(parallel) == canonical_bytes(serial)
 
+    @pytest.mark.parametrize("kind", ["tool.called", "permission.decided", "output.received"])
+    def test_a_payload_of_another_shape_is_unreadable(
+        self, chain_keys: Chain, rules: gate.Constitution, tmp_path: Path, kind: str
+    ) -> None:
+        """An event whose payload lost what the projection reads of it (its session id) is listed as
+        unreadable, whether the audit folds it (an output) or only checks it (a count it never reads)."""
+        db = chain_keys.copy_to(tmp_path / "copy")
+        conn = sqlite3.connect(db)
+        row = conn.execute("SELECT seq, payload FROM entries WHERE type = ? LIMIT 1", (kind,)).fetchone()
+        if row is None:
+            pytest.skip(f"no {kind} in the chain")
+        seq, payload = row
+        conn.execute(
+            "UPDATE entries SET payload = ? WHERE seq = ?",
+            (payload.replace(b'"session_id":', b'"session_idx":', 1), seq),
+        )
+        conn.commit()
+        conn.close()
+        report = _audit(db, rules)
+        assert seq in report["ledger"]["unreadable_payloads"]
+        assert report["ledger"]["verify"]["first_bad_seq"] == seq
+
     def test_fork_switch(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """LEDGER_AUDIT_FORK=0 never forks; =1 forks whatever the load (where it is safe)."""
         monkeypatch.setenv("LEDGER_AUDIT_FORK", "0")

@@ -11,7 +11,7 @@ from ledger_support import append_all, fresh_ledger, raw_db
 from strategies import Lifecycle, lifecycles
 
 from ledger import Ledger
-from ledger.projections import fold
+from ledger.projections import COUNTED_TYPES, COUNTERS, fold
 from schemas.events import (
     AgentCompleted,
     AgentFailed,
@@ -312,6 +312,22 @@ class TestReplayProperties:
             assert report.ok, report.drift
             led.replay()
             assert live(led) == current
+
+    @given(lifecycles())
+    def test_counted_types_change_only_counters(self, life: Lifecycle) -> None:
+        """Folding without the COUNTED_TYPES events (as the audit does) changes the counters and
+        `updated_at` of the sessions, and nothing else: what readers that skip them rely on."""
+        with fresh_ledger() as led:
+            append_all(led, life.steps)
+            events = [(e.stream, e.type, e.data(), e.recorded_at_us) for e in led.entries()]
+        whole = fold(events)
+        skipped = fold(e for e in events if e[1] not in COUNTED_TYPES)
+        assert set(whole) == set(skipped)
+        for sid, state in whole.items():
+            other = skipped[sid]
+            assert {k: v for k, v in state.items() if k not in COUNTERS} == {
+                k: v for k, v in other.items() if k not in COUNTERS
+            }, sid
 
     @given(lifecycles(max_sessions=4, max_ops=12))
     def test_group_committed_appends_project_like_single_ones(self, life: Lifecycle) -> None:
