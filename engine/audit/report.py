@@ -238,7 +238,9 @@ def _build_report(
         reruns = Reruns(rerunner, [s for s in streams if sc.in_window(s, window)], helper)  # a share to it
         for s in streams:
             ancestors[s] = lineage(sc, s)
-            hops.append(hop_node(sc, requests, s, ancestors[s], window))
+            hops.append(hop := hop_node(sc, requests, s, ancestors[s], window))
+            if prechecked is not None:  # its numbers for the encoder, while fresh (all but what comes later)
+                prechecked.walk(hop, _FILLED_LATER)
         in_window = {h["session_id"] for h in hops if h["in_window"]}
         keep = set(in_window)
         for h in hops:  # ancestors of in-window hops stay as context
@@ -252,9 +254,6 @@ def _build_report(
             found += fnd.supervision_findings(h, entries)
         newest = _checkpoint(ledger, sc)
         kept, retention_findings = fnd.retention(sc, retention_min, now)
-        if prechecked is not None:  # the hops' numbers, while the helper finishes (all but what it adds)
-            for h in hops:
-                prechecked.walk(h, _FILLED_LATER)
         done = reruns.result()
     finally:
         if helper is not None:
