@@ -30,10 +30,6 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-#: every audit the tests build (in this process or a `ledger` it runs) also encodes its report with the
-#: number walk and fails if the unwalked bytes differ (engine/audit/canonical.py, `screened_bytes`)
-os.environ.setdefault("LEDGER_AUDIT_SEAL_CHECK", "1")
-
 
 @pytest.fixture(autouse=True)
 def keys_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

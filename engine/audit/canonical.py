@@ -15,27 +15,10 @@ and an integral float as an integer. So one walk looks at every number first:
 
 Keys at or above U+E000 (where code point and UTF-16 orders may part), a non-string key or a
 lone surrogate also go to `canonical_bytes`, which decides. A property test checks both agree.
-
-The audit skips that walk when it can show no number needs it (`screened_bytes`). Its numbers
-come from two places. Recorded payloads: once the chain verifies, their bytes are the canonical
-bytes the ledger wrote, where a number that decodes to a value orjson writes otherwise than JCS
-shows a mark (`marked_seqs`: an exponent, a fixed notation below 1e-4, twenty digits in a row); an
-integral float is written as an integer and decodes as one. The audit's helper looks for those
-marks in every payload on its own read, off the audit's path, and the audit walks the decoded
-values of the payloads that carry one (text or a hash may, by chance). And the audit's own
-numbers: each goes through `number()`, which reports any float that needs the exact encoder to the
-`Screen` in force. Anything else (no helper, a ledger that does not verify, a float `number()`
-reported, a marked payload whose values need it) and the whole report is walked, as `seal` does.
-Tests build every report both ways and compare the bytes (`LEDGER_AUDIT_SEAL_CHECK=1`).
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from contextvars import ContextVar
-from itertools import accumulate
 from typing import Any
 
 import orjson
@@ -44,99 +27,35 @@ from ledger import canonical_bytes
 
 _MAX_INT = 2**53 - 1
 _SORTED = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
-#: unwalked: what orjson would write of its own accord (dates, dataclasses, subclasses) is refused
-_SCREENED = (
-    _SORTED
-    | orjson.OPT_PASSTHROUGH_DATETIME
-    | orjson.OPT_PASSTHROUGH_DATACLASS
-    | orjson.OPT_PASSTHROUGH_SUBCLASS
-)
 # UTF-8 lead bytes of U+E000..U+10FFFF: where code point and UTF-16 orders may part
 _HIGH_LEADS = tuple(bytes((b,)) for b in range(0xEE, 0xF5))
 
 
 def number(x: float) -> float | int:
-    """A number as the report holds it: an integral float as the int JCS prints (no rewrite later);
-    a float the encoder must write exactly is reported to the screen in force (see `Screen`)."""
-    if type(x) is not float:
-        return x
-    if x.is_integer() and abs(x) <= _MAX_INT:
-        return int(x)
-    screen = _screen.get()
-    if screen is not None and not _plain_float(x):
-        screen.risky = True
-    return x
-
-
-def _plain_float(x: float) -> bool:
-    """Whether orjson writes `x` as JCS does (see the module's docstring)."""
-    r = repr(x)
-    return "e" not in r and "n" not in r and not r.endswith(".0")
-
-
-#: what shows, in canonical bytes, a number orjson may write otherwise than JCS once decoded: in the
-#: bytes with every digit made "0" (`_CLASSES`), an exponent ("0e-0", "0e+0": below 1e-6, from
-#: 1e21) or twenty digits in a row (from 1e19, past what decodes as an integer); in the bytes as they
-#: are, a fixed notation below 1e-4 ("0.0000", where Python's repr turns to an exponent)
-_MARKS = (b"0e-0", b"0e+0", b"0" * 20)
-_SMALL = b"0.0000"
-_CLASSES = bytes(c if c in b"e+-." else (0x30 if 0x30 <= c <= 0x39 else 0x20) for c in range(256))
-
-
-def marked_seqs(payloads: Sequence[tuple[int, bytes]]) -> list[int]:
-    """The seqs of the (seq, canonical bytes) payloads that carry a mark (`_MARKS`): most often text
-    or a hash that happens to (their decoded values are then walked); none, most often."""
-    big = b"\n".join(p for _, p in payloads)
-    starts = list(accumulate((len(p) + 1 for _, p in payloads), initial=0))
-    found: set[int] = set()
-    for buffer, marks in ((big.translate(_CLASSES), _MARKS), (big, (_SMALL,))):
-        for mark in marks:
-            at = buffer.find(mark)
-            while at >= 0:
-                index = bisect_right(starts, at) - 1
-                found.add(index)
-                at = buffer.find(mark, starts[index + 1])  # on to the next payload
-    return sorted(payloads[i][0] for i in found)
-
-
-class Screen:
-    """What an audit learns, while it builds its report, about the numbers in it (`screened`)."""
-
-    def __init__(self) -> None:
-        self.risky = False  # a float of the audit's own needs the exact encoder
-
-
-_screen: ContextVar[Screen | None] = ContextVar("audit_screen", default=None)
-
-
-@contextmanager
-def screened() -> Iterator[Screen]:
-    """A screen for the report built within (`number()` reports to it; per thread and task)."""
-    screen = Screen()
-    token = _screen.set(screen)
-    try:
-        yield screen
-    finally:
-        _screen.reset(token)
+    """A number as the report holds it: an integral float as the int JCS prints (no rewrite later)."""
+    return int(x) if type(x) is float and x.is_integer() and abs(x) <= _MAX_INT else x
 
 
 class _NeedsExactError(Exception):
     """A value only the exact encoder can write."""
 
 
-def _check_numbers(value: Any) -> bool:
+def _check_numbers(value: Any, partial: dict[int, tuple[str, ...]] | None = None) -> bool:
     """True when some float is integral (to be rewritten as an int); _NeedsExactError when a value is
-    not plain JSON or a number needs the exact encoder."""
+    not plain JSON or a number needs the exact encoder. `partial`: dicts (by id) walked already but for
+    the members named (`Prechecked`)."""
     stack = [value]
     pop, extend = stack.pop, stack.extend
     integral = False
+    rest = partial.get if partial else None
     while stack:
         v = pop()
         t = type(v)
         if t is str or v is None or t is bool:
             continue
         if t is dict:
-            extend(v.values())
+            keys = None if rest is None else rest(id(v))
+            extend(v.values() if keys is None else [v[k] for k in keys if k in v])
         elif t is list or t is tuple:
             extend(v)
         elif t is int:
@@ -171,38 +90,40 @@ def _integral_floats_to_ints(value: Any) -> None:
                 raise _NeedsExactError  # cannot be rewritten in place
 
 
-def fast_canonical(value: dict[str, Any] | list[Any]) -> bytes:
-    """canonical_bytes(value) for a JSON-ready report (its integral floats become ints, in place)."""
+class Prechecked:
+    """Parts of a value whose numbers were walked ahead of its encoding (the audit does it while its
+    helper finishes): `fast_canonical(value, prechecked)` then walks only what is left. Sound only
+    while those parts stay as they were walked: the audit walks and encodes in one call."""
+
+    def __init__(self) -> None:
+        self.partial: dict[int, tuple[str, ...]] = {}
+        self.exact = False  # some part needs the exact encoder: the whole value goes to it
+        self._held: list[dict[str, Any]] = []  # keeps each walked dict alive, so its id stays its own
+
+    def walk(self, node: dict[str, Any], rest: tuple[str, ...]) -> None:
+        """Walk every member of `node` but those named in `rest` (walked later with the whole)."""
+        if self.exact:
+            return
+        try:
+            integral = _check_numbers([v for k, v in node.items() if k not in rest])
+        except _NeedsExactError:
+            self.exact = True
+            return
+        if not integral:  # one to rewrite: left to the whole walk, which rewrites in place
+            self.partial[id(node)] = rest
+            self._held.append(node)
+
+
+def fast_canonical(value: dict[str, Any] | list[Any], prechecked: Prechecked | None = None) -> bytes:
+    """canonical_bytes(value) for a JSON-ready report (its integral floats become ints, in place);
+    `prechecked`: the parts of it whose numbers were walked already."""
+    if prechecked is not None and prechecked.exact:
+        return canonical_bytes(value)
     try:
-        if _check_numbers(value):
+        if _check_numbers(value, None if prechecked is None else prechecked.partial):
             _integral_floats_to_ints(value)
-    except _NeedsExactError:
-        return canonical_bytes(value)  # the exact answer, or PayloadError with the reason
-    return _encoded(value, _SORTED)
-
-
-def screened_bytes(
-    value: dict[str, Any], screen: Screen, chain_verified: bool, marked: Iterable[Any] | None
-) -> bytes:
-    """canonical_bytes(value) for a report built under `screen` from a chain that verified
-    (`chain_verified`), whose payloads with a mark decoded to `marked` (None: not known): without the
-    number walk when none of them needs it (see the module's docstring), else `fast_canonical`."""
-    if screen.risky or not chain_verified or marked is None or not _plain_values(marked):
-        return fast_canonical(value)
-    return _encoded(value, _SCREENED)
-
-
-def _plain_values(values: Iterable[Any]) -> bool:
-    try:
-        return not any(_check_numbers(v) for v in values)
-    except _NeedsExactError:
-        return False
-
-
-def _encoded(value: Any, option: int) -> bytes:
-    try:
-        out = orjson.dumps(value, option=option)
-    except orjson.JSONEncodeError:
+        out = orjson.dumps(value, option=_SORTED)
+    except (_NeedsExactError, orjson.JSONEncodeError):
         return canonical_bytes(value)  # the exact answer, or PayloadError with the reason
     if not out.isascii() and any(lead in out for lead in _HIGH_LEADS):  # memchr, not a regex
         return canonical_bytes(value)  # a character at or above U+E000: key order by UTF-16 units

@@ -15,7 +15,6 @@ from typing import Any
 
 import gate
 from engine.audit import forked
-from engine.audit.canonical import marked_seqs
 from engine.audit.rerun import Requests, Rerunner, Rulebook
 from engine.audit.scan import AncestorAt, Captured, ContextAt, Ev, LedgerScan, ScanPoint, decode_payload
 from ledger import VerifyReport
@@ -68,25 +67,20 @@ class Helper:
             return False
         return self.worker.send(_job(scan, streams))
 
-    def result(self) -> tuple[VerifyReport | None, list[dict[str, Any]] | None, list[int] | None]:
-        """(its verify report, the re-runs it did: the first ones of those it was sent, maybe not all,
-        the seqs of the payloads with a mark of a number; None for what it failed to answer). It is
-        told to hurry: it stops after its current batch."""
+    def result(self) -> tuple[VerifyReport | None, list[dict[str, Any]] | None]:
+        """(its verify report, the re-runs it did: the first ones of those it was sent, maybe not all;
+        None for what it failed to answer). It is told to hurry: it stops after its current batch."""
         self.worker.hurry()
         answer = self.worker.result()
         self._give_back()
-        if not isinstance(answer, tuple) or len(answer) != 3:
-            return None, None, None
-        verify, batches, marks = answer
+        if not isinstance(answer, tuple) or len(answer) != 2:
+            return None, None
+        verify, batches = answer
         try:
             reruns = [r for batch in batches for r in pickle.loads(batch)]  # noqa: S301 - our worker's
         except Exception:  # not the batches it sends: its re-runs are done here
             reruns = None
-        return (
-            verify if isinstance(verify, VerifyReport) else None,
-            reruns,
-            marks if isinstance(marks, list) else None,
-        )
+        return (verify if isinstance(verify, VerifyReport) else None), reruns
 
     def close(self) -> None:
         """Give up on the helper's answer if it is not in yet (e.g. when the audit fails meanwhile): the
@@ -105,18 +99,15 @@ def _handle(
     task: tuple[ScanPoint, gate.Constitution, str | None],
     receive: Callable[[], Any],
     hurried: Callable[[], bool],
-) -> tuple[VerifyReport, list[bytes] | None, list[int]]:
-    """In the worker, one audit's work: verify (capturing what re-runs read), prepare the re-runner and
-    look for marks of numbers in the payloads while the audit still scans, then re-run the decisions
-    handed over until done or hurried."""
+) -> tuple[VerifyReport, list[dict[str, Any]] | None]:
+    """In the worker, one audit's work: verify (capturing what re-runs read), prepare the re-runner,
+    then re-run the decisions handed over until done or hurried."""
     point, current, source = task
     captured = Captured()
     verify = point.verify(captured)
-    prepared = _prepare(captured, current, source)
-    marks = marked_seqs(captured.payloads)
-    captured.payloads.clear()
+    prepared = _prepare(captured, current, source)  # while the audit still scans
     job = receive()
-    return verify, None if job is None else _rerun_job(job, prepared, hurried), marks
+    return verify, None if job is None else _rerun_job(job, prepared, hurried)
 
 
 def _job(scan: LedgerScan, streams: list[str]) -> tuple[Any, ...]:
@@ -188,10 +179,9 @@ class Reruns:
         rerun = self.rerunner.rerun
         done = {s: rerun(s) for s in self.ours}
         if self.helper is not None:
-            verify, answer, marks = self.helper.result()
+            verify, answer = self.helper.result()
             if verify is not None and self.rerunner.scan.verify is None:
                 self.rerunner.scan.verify = verify
-                self.rerunner.scan.marks = marks
             if self.theirs:
                 answer = (answer or [])[: len(self.theirs)]  # the first ones, as many as it did
                 answer += [rerun(s) for s in self.theirs[len(answer) :]]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ from typing import Any
 
 import gate
 from engine.audit import findings as fnd
-from engine.audit.canonical import number, report_bytes, screened, screened_bytes
+from engine.audit.canonical import Prechecked, fast_canonical, number, report_bytes
 from engine.audit.helper import Helper, Reruns
 from engine.audit.hops import hop_node
 from engine.audit.rerun import Requests, Rerunner, Rulebook
@@ -201,6 +200,10 @@ def _tree(hops: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return roots
 
 
+#: what a hop gains once the re-runs are in: its re-run, its children (hops walked on their own)
+_FILLED_LATER = ("children", "rerun")
+
+
 def _build_report(
     ledger: Ledger,
     task_id: str | None = None,
@@ -213,10 +216,11 @@ def _build_report(
     retention_min: timedelta = timedelta(days=180),
     stale_after: timedelta = timedelta(hours=1),
     now: datetime | None = None,
+    prechecked: Prechecked | None = None,
     held: list[Any] | None = None,
 ) -> dict[str, Any]:
-    """`build_report`'s work (see there); `held`: the decoded ledger is put there rather than freed on
-    return."""
+    """`build_report`'s work (see there); `prechecked`: walk the hops' numbers for the encoder while the
+    helper finishes; `held`: the decoded ledger is put there rather than freed on return."""
     now = now or datetime.now(UTC)
     current_rules = current if current is not None else gate.default_constitution()
     point = ScanPoint.of(ledger)
@@ -234,7 +238,9 @@ def _build_report(
         reruns = Reruns(rerunner, [s for s in streams if sc.in_window(s, window)], helper)  # a share to it
         for s in streams:
             ancestors[s] = lineage(sc, s)
-            hops.append(hop_node(sc, requests, s, ancestors[s], window))
+            hops.append(hop := hop_node(sc, requests, s, ancestors[s], window))
+            if prechecked is not None:  # its numbers for the encoder, while fresh (all but what comes later)
+                prechecked.walk(hop, _FILLED_LATER)
         in_window = {h["session_id"] for h in hops if h["in_window"]}
         keep = set(in_window)
         for h in hops:  # ancestors of in-window hops stay as context
@@ -415,11 +421,11 @@ def build_sealed(
     stale_after: timedelta = timedelta(hours=1),
     now: datetime | None = None,
 ) -> Sealed:
-    """`seal(build_report(...))` in one call, the same bytes, faster: the report's numbers are only
-    walked when the ledger or the audit's arithmetic gives a reason to (`canonical.screened_bytes`),
-    and its hash is computed while the decoded ledger is freed."""
+    """`seal(build_report(...))` in one call, the same bytes: the hops' numbers are walked for the
+    encoder while the helper finishes its re-runs, and the encoder walks only what came after."""
+    prechecked = Prechecked()
     held: list[Any] = []
-    with _gc_paused(), screened() as screen:
+    with _gc_paused():
         report = _build_report(
             ledger,
             task_id,
@@ -431,33 +437,15 @@ def build_sealed(
             retention_min=retention_min,
             stale_after=stale_after,
             now=now,
+            prechecked=prechecked,
             held=held,
         )
-        sc: LedgerScan = held[0]
-        data = screened_bytes(report, screen, bool(report["ledger"]["verify"]["ok"]), _marked_values(sc))
-        if os.environ.get("LEDGER_AUDIT_SEAL_CHECK") == "1":  # the tests: both ways, the same bytes
-            exact = report_bytes(report)
-            if exact != data:
-                raise AssertionError("the screened report bytes differ from the walked ones")
+        data = fast_canonical(report, prechecked)
         digest = _Digest(data)  # hashlib lets go of the GIL: the decoded ledger is freed meanwhile
         held.clear()
         envelope = Sealed(report=report, report_sha256=digest.hexdigest())
         envelope.report_canonical = data
         return envelope
-
-
-def _marked_values(sc: LedgerScan) -> list[Any] | None:
-    """The decoded payloads the helper found a mark of a number in (None: it did not look, or the chain
-    it read is not the one indexed here)."""
-    if sc.marks is None:
-        return None
-    events, out = sc.events, []
-    for seq in sc.marks:
-        ev = events[seq - 1] if 0 < seq <= len(events) else None
-        if ev is None or ev.seq != seq:
-            return None
-        out.append(ev.data)
-    return out
 
 
 class _Digest(threading.Thread):

@@ -113,7 +113,6 @@ class LedgerScan:
     checkpoints: list[StoredCheckpoint] = field(default_factory=list)
     verify: VerifyReport | None = None
     unreadable: list[int] = field(default_factory=list)  # seqs whose payload is not its event's JSON
-    marks: list[int] | None = None  # seqs of payloads with a mark of a number (the helper's; None: unknown)
     texts: dict[int, str] = field(default_factory=dict)  # event times (microseconds) as written (iso_us)
     _tasks: dict[str, str | None] = field(default_factory=dict)
     _parents: dict[str, str | None] = field(default_factory=dict)
@@ -210,21 +209,17 @@ def decode_payload(payload: bytes | None, type_: str) -> tuple[dict[str, Any] | 
 class Captured:
     """The RAW_TYPES entries a read goes past, as (seq, time, stored payload): the first of each
     (stream, type), and every constitution.loaded. What the helper re-runs decisions from, taken on
-    its own read while it verifies (the same entries the scan indexes as `firsts` and `constitutions`);
-    and every stored payload, as (seq, bytes), for the marks of numbers (`canonical.marked_seqs`)."""
+    its own read while it verifies (the same entries the scan indexes as `firsts` and `constitutions`)."""
 
     def __init__(self) -> None:
         self.firsts: dict[tuple[str, str], tuple[int, int, bytes | None]] = {}
         self.constitutions: list[tuple[int, str, int, bytes | None]] = []
-        self.payloads: list[tuple[int, bytes]] = []
 
     def rows(self, rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
         """Hand `rows` on, keeping what the re-runs read."""
         names: dict[Any, str] = {}
-        firsts, constitutions, payloads = self.firsts, self.constitutions, self.payloads
+        firsts, constitutions = self.firsts, self.constitutions
         for row in rows:
-            if row[4] is not None:
-                payloads.append((row[0], row[4]))
             t = names.get(row[2])
             if t is None:
                 t = names[row[2]] = _text(row[2])

@@ -16,13 +16,12 @@ import pytest
 from audit_support import TASK, Chain
 
 import gate
-from engine.audit import build_report, build_sealed, canonical, forked, helper, seal
+from engine.audit import build_report, build_sealed, forked, helper, seal
 from engine.audit import report as report_module
 from engine.audit.canonical import fast_canonical, number
 from engine.audit.hops import _coverage
 from engine.audit.scan import Ev
 from ledger import Ledger, canonical_bytes
-from schemas.events import DelegationRequested
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 Hops = Any
@@ -148,9 +147,9 @@ class TestForked:
         answered: list[int] = []
 
         def result(self: helper.Helper) -> Any:
-            verify, reruns, marks = real_result(self)
+            verify, reruns = real_result(self)
             answered.append(-1 if reruns is None else len(reruns))
-            return verify, reruns, marks
+            return verify, reruns
 
         monkeypatch.setattr(helper.Helper, "result", result)
         parallel = _audit(chain_keys.db, rules)
@@ -369,83 +368,6 @@ class TestForked:
         assert forked.can_fork() is idle
         monkeypatch.delenv("LEDGER_AUDIT_FORK")
         assert forked.can_fork() is False  # automatic: no idle core at a load of 99
-
-
-class TestScreened:
-    """`build_sealed` leaves the report's numbers unwalked only where the helper found no mark of one
-    that needs the exact encoder; the bytes are the walked ones either way (the tests' seal check
-    compares them too: LEDGER_AUDIT_SEAL_CHECK)."""
-
-    @staticmethod
-    def _options(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-        seen: list[int] = []
-        real = canonical._encoded
-
-        def encoded(value: Any, option: int) -> bytes:
-            seen.append(option)
-            return real(value, option)
-
-        monkeypatch.setattr(canonical, "_encoded", encoded)
-        monkeypatch.setenv("LEDGER_AUDIT_SEAL_CHECK", "0")  # the walk done here, not by the check
-        return seen
-
-    @staticmethod
-    def _with_request(db: Path, budget: dict[str, Any]) -> None:
-        """One more delegation request of the task (refused later or not, it is a hop of the tree)."""
-        request = {"role": "tester", "task_id": TASK, "delegation_context": {"budget": budget}}
-        with Ledger.open(db, create=False) as led:
-            led.append("extra-request", DelegationRequested(request=request))
-
-    def _sealed_both_ways(self, db: Path, rules: gate.Constitution, monkeypatch: pytest.MonkeyPatch) -> bytes:
-        with Ledger.open(db, create=False) as led:
-            at_once = build_sealed(led, TASK, current=rules, now=NOW)
-            with monkeypatch.context() as m:
-                m.setattr(forked, "can_fork", lambda: False)
-                walked = seal(build_report(led, TASK, current=rules, now=NOW))
-        assert at_once.report_canonical == walked.report_canonical
-        assert at_once.report_canonical is not None
-        return at_once.report_canonical
-
-    def test_plain_numbers_are_not_walked(
-        self,
-        chain_keys: Chain,
-        rules: gate.Constitution,
-        tmp_path: Path,
-        started: list[int],
-        monkeypatch: pytest.MonkeyPatch,
-    ) -> None:
-        db = chain_keys.copy_to(tmp_path / "copy")
-        self._with_request(db, {"max_cost_usd": 0.25, "note": "re-run 0.5"})  # a mark, by chance only
-        seen = self._options(monkeypatch)
-        self._sealed_both_ways(db, rules, monkeypatch)
-        assert len(started) == 1
-        assert seen[0] == canonical._SCREENED  # the audit with its helper: unwalked
-
-    @pytest.mark.parametrize("cost", [1e21, 1e-7, 0.00001, 1e20])
-    def test_a_number_that_needs_the_exact_encoder_is_walked(
-        self,
-        chain_keys: Chain,
-        rules: gate.Constitution,
-        tmp_path: Path,
-        started: list[int],
-        monkeypatch: pytest.MonkeyPatch,
-        cost: float,
-    ) -> None:
-        """A recorded number JCS writes otherwise than orjson (in the report as recorded): walked."""
-        db = chain_keys.copy_to(tmp_path / "copy")
-        self._with_request(db, {"max_cost_usd": cost})
-        seen = self._options(monkeypatch)
-        data = self._sealed_both_ways(db, rules, monkeypatch)
-        assert canonical_bytes({"n": cost})[5:-1] in data  # as JCS writes it
-        assert canonical._SCREENED not in seen  # walked (to the exact encoder, for most)
-
-    def test_the_audits_own_float_that_needs_it_is_walked(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """A float of the audit's own arithmetic the encoder must write exactly: the whole report is
-        walked (number() reports it)."""
-        with canonical.screened() as screen:
-            value = {"cost": canonical.number(round(1.5e-9, 12))}
-        assert screen.risky
-        assert canonical.screened_bytes(value, screen, True, []) == canonical_bytes(value)
 
 
 class TestOneEvaluation:
