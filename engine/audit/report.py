@@ -254,6 +254,7 @@ def _build_report(
             found += fnd.supervision_findings(h, entries)
         newest = _checkpoint(ledger, sc)
         kept, retention_findings = fnd.retention(sc, retention_min, now)
+        sc.release()  # the tree is built: the decoded ledger is freed while the helper finishes
         done = reruns.result()
     finally:
         if helper is not None:

@@ -133,6 +133,15 @@ class LedgerScan:
             )
         return self.verify
 
+    def release(self) -> None:
+        """Let go of what only the tree and its findings read (every entry and payload, the fold's
+        states), keeping what re-runs and the report's header read (each stream's request and
+        decision, the contexts, constitutions, prunes, audits, checkpoints): the audit frees the
+        decoded ledger while its helper finishes, not after."""
+        self.firsts = {k: v for k, v in self.firsts.items() if k[1] in RAW_TYPES}
+        self.events, self.by_stream, self.states = [], defaultdict(list), DictSessions()
+        self.seq_of_hash, self.texts, self.revocations = {}, {}, {}
+
     def at(self, ev: Ev) -> str:
         """The entry's time as the ledger writes it (`iso_us`, written once per scan)."""
         return text_of(self.texts, ev.at_us)
