@@ -90,6 +90,15 @@ def _integral_floats_to_ints(value: Any) -> None:
                 raise _NeedsExactError  # cannot be rewritten in place
 
 
+def plain(value: Any) -> bool:
+    """Whether `value`'s numbers need nothing of the encoder: no integral float to rewrite, none for
+    the exact encoder (what `fast_canonical` would walk it for)."""
+    try:
+        return not _check_numbers(value)
+    except _NeedsExactError:
+        return False
+
+
 class Prechecked:
     """Parts of a value whose numbers were walked ahead of its encoding (the audit does it while its
     helper finishes): `fast_canonical(value, prechecked)` then walks only what is left. Sound only
@@ -99,6 +108,11 @@ class Prechecked:
         self.partial: dict[int, tuple[str, ...]] = {}
         self.exact = False  # some part needs the exact encoder: the whole value goes to it
         self._held: list[dict[str, Any]] = []  # keeps each walked dict alive, so its id stays its own
+
+    def vouch(self, node: dict[str, Any]) -> None:
+        """`node` was walked elsewhere (by the helper, on its copy) and found `plain`: skipped."""
+        self.partial[id(node)] = ()
+        self._held.append(node)
 
     def walk(self, node: dict[str, Any], rest: tuple[str, ...]) -> None:
         """Walk every member of `node` but those named in `rest` (walked later with the whole)."""

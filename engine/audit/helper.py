@@ -15,6 +15,7 @@ from typing import Any
 
 import gate
 from engine.audit import forked
+from engine.audit.canonical import plain
 from engine.audit.rerun import Requests, Rerunner, Rulebook
 from engine.audit.scan import AncestorAt, Captured, ContextAt, Ev, LedgerScan, ScanPoint, decode_payload
 from ledger import VerifyReport
@@ -67,9 +68,10 @@ class Helper:
             return False
         return self.worker.send(_job(scan, streams))
 
-    def result(self) -> tuple[VerifyReport | None, list[dict[str, Any]] | None]:
-        """(its verify report, the re-runs it did: the first ones of those it was sent, maybe not all;
-        None for what it failed to answer). It is told to hurry: it stops after its current batch."""
+    def result(self) -> tuple[VerifyReport | None, list[tuple[dict[str, Any], bool]] | None]:
+        """(its verify report, the re-runs it did: the first ones of those it was sent, maybe not all,
+        each with whether its numbers are plain; None for what it failed to answer). It is told to
+        hurry: it stops after its current batch."""
         self.worker.hurry()
         answer = self.worker.result()
         self._give_back()
@@ -77,7 +79,7 @@ class Helper:
             return None, None
         verify, batches = answer
         try:
-            reruns = [r for batch in batches for r in pickle.loads(batch)]  # noqa: S301 - our worker's
+            reruns = [(r, ok) for batch, ok in map(pickle.loads, batches) for r in batch]
         except Exception:  # not the batches it sends: its re-runs are done here
             reruns = None
         return (verify if isinstance(verify, VerifyReport) else None), reruns
@@ -147,7 +149,8 @@ def _prepare(captured: Captured, current: gate.Constitution, source: str | None)
 
 def _rerun_job(job: tuple[Any, ...], rerunner: Rerunner, hurried: Callable[[], bool]) -> list[bytes]:
     """In the helper: the re-runs of a `_job` with the `_prepare`d re-runner, in order, until done or
-    hurried (then the first ones only), pickled batch by batch as they are done."""
+    hurried (then the first ones only), pickled batch by batch as they are done, each with whether
+    its numbers are plain (`canonical.plain`: the report's encoder need not walk them again)."""
     streams, contexts = job
     for s, (head_seq, parents, revoked, broken) in contexts.items():
         rerunner.scan.contexts[s] = ContextAt(
@@ -158,7 +161,8 @@ def _rerun_job(job: tuple[Any, ...], rerunner: Rerunner, hurried: Callable[[], b
         if i and hurried():
             break
         batch = [rerunner.rerun(s) for s in streams[i : i + HURRY_BATCH]]
-        done.append(pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL))  # ready when hurried
+        # ready when hurried; with whether its numbers need nothing of the encoder (walked here)
+        done.append(pickle.dumps((batch, plain(batch)), protocol=pickle.HIGHEST_PROTOCOL))
     return done
 
 
@@ -168,6 +172,7 @@ class Reruns:
     def __init__(self, rerunner: Rerunner, streams: list[str], helper: Helper | None = None) -> None:
         self.rerunner = rerunner
         self.helper = helper
+        self.plain: set[str] = set()  # streams whose re-run the helper found plain in numbers
         cut = int(len(streams) * CHILD_SHARE) if helper is not None and len(streams) >= FORK_MIN_RERUNS else 0
         self.theirs, self.ours = streams[:cut], streams[cut:]
         if helper is not None and not helper.send(rerunner.scan, self.theirs):
@@ -183,7 +188,8 @@ class Reruns:
             if verify is not None and self.rerunner.scan.verify is None:
                 self.rerunner.scan.verify = verify
             if self.theirs:
-                answer = (answer or [])[: len(self.theirs)]  # the first ones, as many as it did
-                answer += [rerun(s) for s in self.theirs[len(answer) :]]
-                done.update(zip(self.theirs, answer, strict=True))
+                theirs = (answer or [])[: len(self.theirs)]  # the first ones, as many as it did
+                done.update((s, r) for s, (r, _) in zip(self.theirs, theirs, strict=False))
+                self.plain = {s for s, (_, ok) in zip(self.theirs, theirs, strict=False) if ok}
+                done.update((s, rerun(s)) for s in self.theirs[len(theirs) :])
         return done

@@ -263,6 +263,8 @@ def _build_report(
         held += [sc, requests, rerunner, reruns]
     for h in hops:
         h["rerun"] = done.get(h["session_id"])
+        if prechecked is not None and h["session_id"] in reruns.plain:
+            prechecked.vouch(h["rerun"])  # walked by the helper (on its copy): plain
     for h in audited:
         found += fnd.rerun_findings(h)
     verify = sc.verified().to_json()  # the helper's, or verified now if it did not answer

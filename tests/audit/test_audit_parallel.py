@@ -370,6 +370,24 @@ class TestForked:
         assert forked.can_fork() is False  # automatic: no idle core at a load of 99
 
 
+class TestHelperNumbers:
+    def test_batches_say_whether_their_numbers_are_plain(self) -> None:
+        """The helper walks each batch of re-runs for the encoder: a number that needs it (here a float
+        only the exact encoder writes) makes its batch not plain, and the audit walks it again."""
+        import pickle
+        from types import SimpleNamespace
+
+        values = {"a": {"n": 1}, "b": {"n": 0.5}, "c": {"n": 1e-7}, "d": {"n": 2.0}}
+        rerunner = SimpleNamespace(scan=SimpleNamespace(contexts={}), rerun=lambda s: values[s])
+        monkey = pytest.MonkeyPatch()
+        monkey.setattr(helper, "HURRY_BATCH", 1)
+        try:
+            batches = helper._rerun_job((list(values), {}), rerunner, lambda: False)  # type: ignore[arg-type]
+        finally:
+            monkey.undo()
+        assert [pickle.loads(b)[1] for b in batches] == [True, True, False, False]
+
+
 class TestOneEvaluation:
     def test_same_rules_one_evaluation(self, report: dict[str, Any], hops: Hops) -> None:
         """Recorded rules = current rules (same hash): one evaluation answers both, and says so."""
