@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import gate
 from bench.audit_ledger import TASK, build
 from bench.common import median, write_results
-from engine.audit import build_report, build_sealed, render_bytes, seal
+from engine.audit import build_report, build_sealed, forked, render_bytes, seal
 from engine.audit.hops import hop_node
 from engine.audit.report import lineage, select
 from engine.audit.rerun import Requests, Rerunner, Rulebook
@@ -38,9 +38,10 @@ TARGET = 3.0
 
 
 def _children_cpu() -> float:
-    """CPU time of the reaped children (the audit's helper: the verify and a share of the re-runs)."""
+    """CPU time of the audit's helper (the verify and the re-runs): its live worker process, and any
+    worker reaped (retired) since."""
     t = os.times()
-    return t.children_user + t.children_system
+    return t.children_user + t.children_system + forked.cpu_seconds()
 
 
 def measure(led: Ledger, constitution: gate.Constitution, rounds: int) -> dict[str, Any]:

@@ -73,6 +73,10 @@ def _echo(task: Any, receive: Any, hurried: Any) -> Any:
     """A worker's handler for the tests: the task, its input, and whether it was hurried."""
     if task == "sleep":
         time.sleep(30)
+    if task == "spin":
+        deadline = time.process_time() + 0.3
+        while time.process_time() < deadline:
+            pass
     got = receive() if task != "no input" else None
     while task == "wait for hurry" and not hurried():  # killed past its allowance if never hurried
         time.sleep(0.001)
@@ -268,6 +272,20 @@ class TestForked:
         again = forked.lease("test", _echo, inbox=1 << 16)
         assert again is worker
         forked.give_back(again)
+
+    def test_worker_cpu_is_counted(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The CPU time a live worker used is readable before it is reaped (what the bench counts)."""
+        monkeypatch.setattr(forked, "can_fork", lambda: True)
+        worker = forked.lease("test", _echo, inbox=1 << 16)
+        if worker is None:
+            pytest.skip("no fork on this system")
+        try:
+            before = forked.cpu_seconds()
+            assert worker.begin("spin", allowance_s=10.0)
+            assert worker.result() == ("spin", None, False)
+            assert forked.cpu_seconds() - before >= 0.25
+        finally:
+            forked.give_back(worker)
 
     def test_worker_leaves_when_its_parent_is_gone(self, tmp_path: Path) -> None:
         """A process that dies without cleaning up (kill -9, os._exit) leaves no worker behind."""
