@@ -95,7 +95,7 @@ def _coverage(
         target = next((v for k in _PATH_KEYS if isinstance(v := _dict(tool_input).get(k), str)), "*")
         project = (spawned.data or {}).get("project_directory")
         frozen = _frozen(rule, project, scopes)
-        # agents share their rules: each (rule, path, project, scopes) is judged once per audit
+        # agents share their rules: each (rule, path, project, scopes) is judged once (a pure function)
         by, covered = (
             _judge(perm, target, rule, project, scopes) if frozen is None else _judged(perm, target, *frozen)
         )
@@ -118,12 +118,6 @@ def _frozen(
 
 
 _TEXT = frozenset({str})
-
-
-def forget_judgements() -> None:
-    """Judgements are kept for one audit at a time: what a path is relative to a project may change
-    between two (symbolic links followed on disk)."""
-    _judged.cache_clear()
 
 
 @lru_cache(maxsize=4096)

@@ -19,7 +19,7 @@ import gate
 from engine.audit import findings as fnd
 from engine.audit.canonical import Prechecked, fast_canonical, number, report_bytes
 from engine.audit.helper import Helper, Reruns
-from engine.audit.hops import forget_judgements, hop_node
+from engine.audit.hops import hop_node
 from engine.audit.rerun import Requests, Rerunner, Rulebook
 from engine.audit.scan import LedgerScan, ScanPoint, iso_us, scan
 from ledger import Ledger
@@ -223,7 +223,6 @@ def _build_report(
     helper finishes; `held`: the decoded ledger is put there rather than freed on return."""
     now = now or datetime.now(UTC)
     current_rules = current if current is not None else gate.default_constitution()
-    forget_judgements()
     point = ScanPoint.of(ledger)
     helper = Helper.start(point, current_rules, current_source)  # it verifies while this process scans
     try:
