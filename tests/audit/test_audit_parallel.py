@@ -375,13 +375,35 @@ class TestForked:
         assert seq in report["ledger"]["unreadable_payloads"]
         assert report["ledger"]["verify"]["first_bad_seq"] == seq
 
+    def test_busy_elsewhere_counts_what_runs_now(self) -> None:
+        """Now, not the last minute: a process spinning beside this one is counted while it spins."""
+        if not Path("/proc/loadavg").exists():
+            pytest.skip("no /proc/loadavg here")
+        pid = os.fork()
+        if pid == 0:  # spin for a while, then leave
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                pass
+            os._exit(0)
+        try:
+            time.sleep(0.05)
+            seen = []
+            for _ in range(40):
+                seen.append(forked.busy_elsewhere())
+                time.sleep(0.005)
+            assert max(seen) >= 1
+            assert min(seen) >= 0
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
     def test_fork_switch(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """LEDGER_AUDIT_FORK=0 never forks; =1 forks whatever the load (where it is safe)."""
         monkeypatch.setenv("LEDGER_AUDIT_FORK", "0")
         assert forked.Worker.fork(_echo, inbox=1 << 16) is None
         assert forked.lease("test", _echo, inbox=1 << 16) is None
         monkeypatch.setenv("LEDGER_AUDIT_FORK", "1")
-        monkeypatch.setattr(forked.os, "getloadavg", lambda: (99.0, 99.0, 99.0))
+        monkeypatch.setattr(forked, "busy_elsewhere", lambda: 99.0)
         idle = all(t is threading.main_thread() or t.name == "ledger-writer" for t in threading.enumerate())
         assert forked.can_fork() is idle
         monkeypatch.delenv("LEDGER_AUDIT_FORK")
