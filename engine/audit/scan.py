@@ -109,7 +109,6 @@ class LedgerScan:
     prunes: list[Ev] = field(default_factory=list)
     audits: list[Ev] = field(default_factory=list)
     revocations: dict[str, Ev] = field(default_factory=dict)  # session id -> the event that revoked it
-    seq_of_hash: dict[bytes, int] = field(default_factory=dict)
     checkpoints: list[StoredCheckpoint] = field(default_factory=list)
     verify: VerifyReport | None = None
     unreadable: list[int] = field(default_factory=list)  # seqs whose payload is not its event's JSON
@@ -140,7 +139,7 @@ class LedgerScan:
         decoded ledger while its helper finishes, not after."""
         self.firsts = {k: v for k, v in self.firsts.items() if k[1] in RAW_TYPES}
         self.events, self.by_stream, self.states = [], defaultdict(list), DictSessions()
-        self.seq_of_hash, self.texts, self.revocations = {}, {}, {}
+        self.texts, self.revocations = {}, {}
 
     def at(self, ev: Ev) -> str:
         """The entry's time as the ledger writes it (`iso_us`, written once per scan)."""
@@ -254,7 +253,7 @@ def _read(out: LedgerScan, rows: Iterable[tuple[Any, ...]], decisions: list[Ev])
         "audit.issued": out.audits,
     }
     names: dict[Any, str] = {}  # stored names come as bytes (see sqlite_store.iter_rows): decoded once
-    events, by_stream, firsts, seq_of_hash = out.events, out.by_stream, out.firsts, out.seq_of_hash
+    events, by_stream, firsts = out.events, out.by_stream, out.firsts
     unreadable = out.unreadable
     new = tuple.__new__  # an Ev without the Python-level __new__ of a named tuple
     for row in rows:
@@ -283,7 +282,6 @@ def _read(out: LedgerScan, rows: Iterable[tuple[Any, ...]], decisions: list[Ev])
         key = (s, t)
         if key not in firsts:
             firsts[key] = ev
-        seq_of_hash[h] = seq
         if t in kept:
             kept[t].append(ev)
         yield row
@@ -374,10 +372,11 @@ def scan(ledger: Ledger, *, verify: bool = True, point: ScanPoint | None = None)
         last_ev = out.events[-1]
         out.head = Head(last_ev.seq, last_ev.hash_bytes, last_ev.at_us)
     capture: dict[int, list[tuple[Ev, bool]]] = defaultdict(list)
+    heads = _Heads(out.events)
     for d in decisions:
         head_hash = (((d.data or {}).get("verdict") or {}).get("ledger_head")) or ""
         try:
-            at = out.seq_of_hash.get(bytes.fromhex(head_hash))
+            at = heads.seq(bytes.fromhex(head_hash), d.seq)
         except ValueError:
             at = None
         found = at is not None and at < d.seq
@@ -385,6 +384,28 @@ def scan(ledger: Ledger, *, verify: bool = True, point: ScanPoint | None = None)
         capture[at if found else d.seq - 1].append((d, found))  # type: ignore[index]
     _fold(out, capture)
     return out
+
+
+class _Heads:
+    """The seq of the entry with a given hash, for the ledger heads decisions recorded: looked for just
+    before the decision first (where the engine's head almost always is: its request, a few entries
+    back), then in an index of every hash, built once if ever needed."""
+
+    NEAR = 16
+
+    def __init__(self, events: list[Ev]) -> None:
+        self.events = events
+        self._index: dict[bytes, int] | None = None
+
+    def seq(self, head: bytes, before: int) -> int | None:
+        events = self.events
+        i = min(before - 2, len(events) - 1)  # events[i] is entry i + 1 in a chain read from seq 1
+        for k in range(i, max(i - self.NEAR, -1), -1):
+            if events[k].hash_bytes == head:
+                return events[k].seq
+        if self._index is None:
+            self._index = {ev.hash_bytes: ev.seq for ev in events}
+        return self._index.get(head)
 
 
 def _fold(out: LedgerScan, capture: dict[int, list[tuple[Ev, bool]]]) -> None:

@@ -23,6 +23,22 @@ from ledger.entry import us_to_datetime
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "audit.md"
 
 
+def test_decision_heads_are_found_near_and_far() -> None:
+    """The entry a decision's recorded head names: just before it, far before it (the index), at seq 1,
+    or nowhere (None)."""
+    from engine.audit.scan import Ev, _Heads
+
+    events = [Ev(i, "s", "t", 0, i.to_bytes(32, "big"), None) for i in range(1, 101)]
+    heads = _Heads(events)
+    assert heads.seq((99).to_bytes(32, "big"), 100) == 99  # the entry just before
+    assert heads.seq((90).to_bytes(32, "big"), 100) == 90  # a few back
+    assert heads.seq((3).to_bytes(32, "big"), 100) == 3  # far back: the index
+    assert heads.seq((1).to_bytes(32, "big"), 2) == 1  # the first entry
+    assert heads.seq((1).to_bytes(32, "big"), 5) == 1
+    assert heads.seq((500).to_bytes(32, "big"), 100) is None
+    assert heads.seq((100).to_bytes(32, "big"), 100) == 100  # the decision's own hash: the caller refuses it
+
+
 class TestCanonical:
     @given(json_objects)
     def test_fast_path_is_canonical_bytes(self, value: dict[str, Any]) -> None:
