@@ -6,7 +6,7 @@ Builds a ledger of ~1,000 delegations (~10,000 events) the way the engine record
 OpenCode (bench/audit_ledger.py). Then it times the whole audit of the task (scan, verify, every
 decision re-run, the canonical JSON report and its hash) against `Ledger.replay()` (what `ledger
 replay` runs), and writes bench/results/audit.json with `audit_vs_replay` (target <= 3.0), the CPU
-times (the audit's forked child included) and a breakdown of the audit's parts. Figures are
+times (the audit's helper included) and a breakdown of the audit's parts. Figures are
 reported, never asserted.
 """
 
@@ -47,7 +47,7 @@ def _children_cpu() -> float:
 def measure(led: Ledger, constitution: gate.Constitution, rounds: int) -> dict[str, Any]:
     """Replay and audit alternately, `rounds` times each (so both share the machine's mood); medians of
     wall time, and of CPU time (steadier when other work shares the 2 cores). The audit's CPU time
-    is its own process's plus its helper child's (the verify and a share of the re-runs)."""
+    is its own process's plus its helper's (the verify and the re-runs)."""
     now = datetime.now(UTC)
     wall: dict[str, list[float]] = {"replay": [], "audit": [], "ratio": []}
     cpu: dict[str, list[float]] = {"replay": [], "audit": [], "audit_main": [], "ratio": []}
@@ -162,7 +162,7 @@ def main() -> None:
         "--fork",
         choices=("auto", "on", "off"),
         default="auto",
-        help="the audit's re-run child: when a core is idle (auto), always (on) or never (off)",
+        help="the audit's helper: when a core is idle (auto), always (on) or never (off)",
     )
     args = parser.parse_args()
     if args.fork != "auto":
@@ -189,12 +189,13 @@ def main() -> None:
             "fork": args.fork,
             "build_s": round(build_s, 1),
         },
-        "what": "audit = build_report (the chain read, decoded and folded once, verified (by a helper child "
-        "forked at the start when a core is idle, else in the same read), every decision re-run (a share "
-        "by the helper), hops, findings) + seal (canonical bytes, "
-        "SHA-256) + render json; replay = Ledger.replay(); same durable ledger, alternated, wall time, "
-        "median of the per-round ratios; CPU figures count the audit's children; breakdown: each part "
-        "timed alone, and the whole audit with no child (LEDGER_AUDIT_FORK=0)",
+        "what": "audit = build_sealed (the chain read, decoded and folded once, verified (by the helper, a "
+        "worker forked at the first audit and kept, when a core is idle; else in the same read), every "
+        "decision re-run (by the helper, what it has not done when hurried by the audit), hops, findings, "
+        "canonical bytes, SHA-256) + render json; replay = Ledger.replay(); same durable ledger, "
+        "alternated, wall time, median of the per-round ratios (the first round forks the worker); CPU "
+        "figures count the helper's; breakdown: each part timed alone, and the whole audit with no "
+        "helper (LEDGER_AUDIT_FORK=0)",
         "audit_ms": round(m["wall"]["audit"] * 1000, 1),
         "replay_ms": round(m["wall"]["replay"] * 1000, 1),
         "audit_vs_replay": round(ratio, 3),

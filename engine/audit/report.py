@@ -411,40 +411,22 @@ def _sealed(report: dict[str, Any], data: bytes) -> Sealed:
     return envelope
 
 
-def build_sealed(
-    ledger: Ledger,
-    task_id: str | None = None,
-    *,
-    session_id: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    current: gate.Constitution | None = None,
-    current_source: str | None = None,
-    retention_min: timedelta = timedelta(days=180),
-    stale_after: timedelta = timedelta(hours=1),
-    now: datetime | None = None,
-) -> Sealed:
-    """`seal(build_report(...))` in one call, the same bytes: the hops' numbers are walked for the
-    encoder while the helper finishes its re-runs, and the encoder walks only what came after."""
+def build_sealed(ledger: Ledger, task_id: str | None = None, **options: Any) -> Sealed:
+    """`seal(build_report(ledger, task_id, **options))` in one call, the same bytes (`options`: those
+    of `build_report`): the hops' numbers are walked for the encoder while the helper finishes its
+    re-runs, and the encoder walks only what came after."""
     prechecked = Prechecked()
     held: list[Any] = []
     with _gc_paused():
         report = _build_report(
             ledger,
             task_id,
-            session_id=session_id,
-            since=since,
-            until=until,
-            current=current,
-            current_source=current_source,
-            retention_min=retention_min,
-            stale_after=stale_after,
-            now=now,
+            **options,
             prechecked=prechecked,
             held=held,
         )
         data = fast_canonical(report, prechecked)
-        digest = _Digest(data)  # hashlib lets go of the GIL: the decoded ledger is freed meanwhile
+        digest = _Digest(data)  # hashlib lets go of the GIL: what is left of the scan is freed meanwhile
         held.clear()
         envelope = Sealed(report=report, report_sha256=digest.hexdigest())
         envelope.report_canonical = data

@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -55,6 +56,17 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(forked.Worker, "fork", staticmethod(fork))
     return pids
+
+
+@pytest.fixture
+def leased(monkeypatch: pytest.MonkeyPatch) -> Iterator[forked.Worker]:
+    """This process's worker "test" (running `_echo`), leased for the test and given back after."""
+    monkeypatch.setattr(forked, "can_fork", lambda: True)
+    worker = forked.lease("test", _echo, inbox=1 << 16)
+    if worker is None:
+        pytest.skip("no fork on this system")
+    yield worker
+    forked.give_back(worker)
 
 
 def _gone(pid: int, within: float = 5.0) -> bool:
@@ -259,33 +271,22 @@ class TestForked:
         assert canonical_bytes(_audit(chain_keys.db, rules)) == serial
         assert len(started) == 2
 
-    def test_busy_worker_is_not_shared(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_busy_worker_is_not_shared(self, leased: forked.Worker) -> None:
         """While one audit holds the worker, another gets none (it works alone) instead of waiting."""
-        monkeypatch.setattr(forked, "can_fork", lambda: True)
-        worker = forked.lease("test", _echo, inbox=1 << 16)
-        if worker is None:
-            pytest.skip("no fork on this system")
-        try:
-            assert forked.lease("test", _echo, inbox=1 << 16) is None
-        finally:
-            forked.give_back(worker)
+        assert forked.lease("test", _echo, inbox=1 << 16) is None
+        forked.give_back(leased)
         again = forked.lease("test", _echo, inbox=1 << 16)
-        assert again is worker
+        assert again is leased
+        assert again is not None
         forked.give_back(again)
+        assert forked.lease("test", _echo, inbox=1 << 16) is leased  # for the fixture to give back
 
-    def test_worker_cpu_is_counted(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_worker_cpu_is_counted(self, leased: forked.Worker) -> None:
         """The CPU time a live worker used is readable before it is reaped (what the bench counts)."""
-        monkeypatch.setattr(forked, "can_fork", lambda: True)
-        worker = forked.lease("test", _echo, inbox=1 << 16)
-        if worker is None:
-            pytest.skip("no fork on this system")
-        try:
-            before = forked.cpu_seconds()
-            assert worker.begin("spin", allowance_s=10.0)
-            assert worker.result() == ("spin", None, False)
-            assert forked.cpu_seconds() - before >= 0.25
-        finally:
-            forked.give_back(worker)
+        before = forked.cpu_seconds()
+        assert leased.begin("spin", allowance_s=10.0)
+        assert leased.result() == ("spin", None, False)
+        assert forked.cpu_seconds() - before >= 0.25
 
     def test_worker_leaves_when_its_parent_is_gone(self, tmp_path: Path) -> None:
         """A process that dies without cleaning up (kill -9, os._exit) leaves no worker behind."""
