@@ -235,7 +235,7 @@ def _build_report(
         found: list[dict[str, Any]] = []
         hops: list[dict[str, Any]] = []
         ancestors: dict[str, list[str]] = {}
-        reruns = Reruns(rerunner, [s for s in streams if sc.in_window(s, window)], helper)  # a share to it
+        reruns = Reruns(rerunner, [s for s in streams if sc.in_window(s, window)], helper)
         for s in streams:
             ancestors[s] = lineage(sc, s)
             hops.append(hop := hop_node(sc, requests, s, ancestors[s], window))
@@ -258,7 +258,7 @@ def _build_report(
         done = reruns.result()
     finally:
         if helper is not None:
-            helper.close()  # no-op once answered; otherwise the child is killed and reaped
+            helper.close()  # no-op once answered; otherwise the worker is killed and reaped
     if held is not None:
         held += [sc, requests, rerunner, reruns]
     for h in hops:
