@@ -69,6 +69,21 @@ def leased(monkeypatch: pytest.MonkeyPatch) -> Iterator[forked.Worker]:
     forked.give_back(worker)
 
 
+def _tampered(chain: Chain, tmp_path: Path, kind: str, old: bytes, new: bytes) -> tuple[Path, int]:
+    """A copy of the chain's ledger whose first `kind` payload has `old` replaced by `new` (behind the
+    chain's back); (its path, that entry's seq)."""
+    db = chain.copy_to(tmp_path / "copy")
+    conn = sqlite3.connect(db)
+    row = conn.execute("SELECT seq, payload FROM entries WHERE type = ? LIMIT 1", (kind,)).fetchone()
+    if row is None:
+        pytest.skip(f"no {kind} in the chain")
+    seq, payload = row
+    conn.execute("UPDATE entries SET payload = ? WHERE seq = ?", (payload.replace(old, new, 1), seq))
+    conn.commit()
+    conn.close()
+    return db, seq
+
+
 def _gone(pid: int, within: float = 5.0) -> bool:
     """Whether process `pid` (not our child) has ended within `within` seconds."""
     deadline = time.monotonic() + within
@@ -336,17 +351,7 @@ class TestForked:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """A tampered ledger: the same verify result and the same report, with or without the worker."""
-        db = chain_keys.copy_to(tmp_path / "copy")
-        conn = sqlite3.connect(db)
-        seq, payload = conn.execute(
-            "SELECT seq, payload FROM entries WHERE type = 'tool.called' LIMIT 1"
-        ).fetchone()
-        conn.execute(
-            "UPDATE entries SET payload = ? WHERE seq = ?",
-            (payload.replace(b'"tool":"', b'"tool":"x', 1), seq),
-        )
-        conn.commit()
-        conn.close()
+        db, seq = _tampered(chain_keys, tmp_path, "tool.called", b'"tool":"', b'"tool":"x')
         parallel = _audit(db, rules)
         assert len(started) == 1
         serial = _serial(db, rules, monkeypatch)
@@ -360,18 +365,7 @@ class TestForked:
     ) -> None:
         """An event whose payload lost what the projection reads of it (its session id) is listed as
         unreadable, whether the audit folds it (an output) or only checks it (a count it never reads)."""
-        db = chain_keys.copy_to(tmp_path / "copy")
-        conn = sqlite3.connect(db)
-        row = conn.execute("SELECT seq, payload FROM entries WHERE type = ? LIMIT 1", (kind,)).fetchone()
-        if row is None:
-            pytest.skip(f"no {kind} in the chain")
-        seq, payload = row
-        conn.execute(
-            "UPDATE entries SET payload = ? WHERE seq = ?",
-            (payload.replace(b'"session_id":', b'"session_idx":', 1), seq),
-        )
-        conn.commit()
-        conn.close()
+        db, seq = _tampered(chain_keys, tmp_path, kind, b'"session_id":', b'"session_idx":')
         report = _audit(db, rules)
         assert seq in report["ledger"]["unreadable_payloads"]
         assert report["ledger"]["verify"]["first_bad_seq"] == seq
