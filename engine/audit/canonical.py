@@ -110,7 +110,8 @@ class Prechecked:
         self._held: list[dict[str, Any]] = []  # keeps each walked dict alive, so its id stays its own
 
     def vouch(self, node: dict[str, Any]) -> None:
-        """`node` was walked elsewhere (by the helper, on its copy) and found `plain`: skipped."""
+        """`node` needs no walk: walked elsewhere and found `plain` (the helper's re-runs, on its copy),
+        or plain by construction (text, flags, ints the encoder refuses past 2**53 as the walk does)."""
         self.partial[id(node)] = ()
         self._held.append(node)
 

@@ -200,8 +200,9 @@ def _tree(hops: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return roots
 
 
-#: what a hop gains once the re-runs are in: its re-run, its children (hops walked on their own)
-_FILLED_LATER = ("children", "rerun")
+#: what a hop gains once the re-runs are in: its re-run, its children (hops walked on their own); and
+#: its evidence, vouched for (entries' coordinates, `scan.Ev.evidence`: text, a flag and a seq)
+_FILLED_LATER = ("children", "evidence", "rerun")
 
 
 def _build_report(
@@ -241,6 +242,7 @@ def _build_report(
             hops.append(hop := hop_node(sc, requests, s, ancestors[s], window))
             if prechecked is not None:  # its numbers for the encoder, while fresh (all but what comes later)
                 prechecked.walk(hop, _FILLED_LATER)
+                prechecked.vouch(hop["evidence"])
         in_window = {h["session_id"] for h in hops if h["in_window"]}
         keep = set(in_window)
         for h in hops:  # ancestors of in-window hops stay as context
