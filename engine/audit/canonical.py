@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from ledger import canonical_bytes
+from ledger import PayloadError, canonical_bytes
 
 _MAX_INT = 2**53 - 1
 _SORTED = orjson.OPT_SORT_KEYS | orjson.OPT_STRICT_INTEGER
@@ -133,16 +133,58 @@ def fast_canonical(value: dict[str, Any] | list[Any], prechecked: Prechecked | N
     """canonical_bytes(value) for a JSON-ready report (its integral floats become ints, in place);
     `prechecked`: the parts of it whose numbers were walked already."""
     if prechecked is not None and prechecked.exact:
-        return canonical_bytes(value)
+        return exact_bytes(value)
     try:
         if _check_numbers(value, None if prechecked is None else prechecked.partial):
             _integral_floats_to_ints(value)
         out = orjson.dumps(value, option=_SORTED)
     except (_NeedsExactError, orjson.JSONEncodeError):
-        return canonical_bytes(value)  # the exact answer, or PayloadError with the reason
+        return exact_bytes(value)  # the exact answer, or PayloadError with the reason
     if not out.isascii() and any(lead in out for lead in _HIGH_LEADS):  # memchr, not a regex
-        return canonical_bytes(value)  # a character at or above U+E000: key order by UTF-16 units
+        return exact_bytes(value)  # a character at or above U+E000: key order by UTF-16 units
     return out
+
+
+def exact_bytes(value: Any) -> bytes:
+    """canonical_bytes(value), where an integer past 2**53 that JCS writes as a double's digits is
+    made that double (in place). JCS writes a float from 1e16 on as bare digits (its shortest ones,
+    then zeros), so a recorded payload's 1e18 decodes as the integer 10**18, which `canonical_bytes`
+    refuses: an audit would fail on any ledger holding one (a request's budget, say). As the double,
+    it is written with the digits it was recorded with. PayloadError for what is still not JSON (an
+    integer written otherwise, from bytes changed behind the chain's back)."""
+    try:
+        return canonical_bytes(value)
+    except PayloadError:
+        if not _big_ints_to_floats(value):
+            raise
+        return canonical_bytes(value)
+
+
+def _big_ints_to_floats(value: Any) -> bool:
+    """In place: every integer past +-(2**53 - 1) whose digits are those JCS writes for the nearest
+    double becomes that double; whether any did."""
+    changed = False
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if type(node) is tuple:
+            stack.extend(node)
+            continue
+        items = node.items() if type(node) is dict else enumerate(node)
+        for key, x in list(items):
+            t = type(x)
+            if t is dict or t is list or t is tuple:
+                stack.append(x)
+            elif t is int and not -_MAX_INT <= x <= _MAX_INT:
+                try:
+                    as_float = float(x)
+                    same = canonical_bytes(as_float) == str(x).encode()
+                except (OverflowError, PayloadError):
+                    continue
+                if same:
+                    node[key] = as_float
+                    changed = True
+    return changed
 
 
 def report_bytes(report: dict[str, Any]) -> bytes:

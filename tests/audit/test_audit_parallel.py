@@ -23,6 +23,7 @@ from engine.audit.canonical import fast_canonical, number
 from engine.audit.hops import _coverage
 from engine.audit.scan import Ev
 from ledger import Ledger, canonical_bytes
+from schemas.events import DelegationRequested
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 Hops = Any
@@ -82,6 +83,15 @@ def _tampered(chain: Chain, tmp_path: Path, kind: str, old: bytes, new: bytes) -
     conn.commit()
     conn.close()
     return db, seq
+
+
+def _hops(report: dict[str, Any]) -> list[dict[str, Any]]:
+    out, stack = [], list(report["tree"])
+    while stack:
+        hop = stack.pop()
+        out.append(hop)
+        stack.extend(hop["children"])
+    return out
 
 
 def _gone(pid: int, within: float = 5.0) -> bool:
@@ -369,6 +379,33 @@ class TestForked:
         report = _audit(db, rules)
         assert seq in report["ledger"]["unreadable_payloads"]
         assert report["ledger"]["verify"]["first_bad_seq"] == seq
+
+    @pytest.mark.parametrize("cost", [1e18, 2.0**60, 1e20])
+    def test_a_huge_recorded_number_is_audited(
+        self,
+        chain_keys: Chain,
+        rules: gate.Constitution,
+        tmp_path: Path,
+        started: list[int],
+        cost: float,
+    ) -> None:
+        """A request with a huge budget (recorded as JCS writes it: bare digits, which decode as an
+        integer past 2**53) is audited, with and without the worker, and the report holds the
+        number as it was recorded."""
+        db = chain_keys.copy_to(tmp_path / "copy")
+        request = {
+            "role": "tester",
+            "task_id": TASK,
+            "delegation_context": {"budget": {"max_cost_usd": cost}},
+        }
+        with Ledger.open(db, create=False) as led:
+            led.append("huge-budget", DelegationRequested(request=request))
+            envelope = build_sealed(led, TASK, current=rules, now=NOW)
+        assert envelope.report_canonical is not None
+        assert canonical_bytes({"n": cost})[5:-1] in envelope.report_canonical
+        hop = next(h for h in _hops(envelope["report"]) if h["session_id"] == "huge-budget")
+        assert hop["budget"]["requested"]["max_cost_usd"] == cost
+        assert len(started) == 1
 
     def test_busy_elsewhere_counts_what_runs_now(self) -> None:
         """Now, not the last minute: a process spinning beside this one is counted while it spins."""

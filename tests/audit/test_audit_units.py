@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -69,9 +70,21 @@ class TestCanonical:
         assert fast_canonical(value, prechecked) == expected
 
     def test_unrepresentable_numbers_are_refused_alike(self) -> None:
-        """An integer beyond 2**53 is refused by both, with the ledger's error."""
+        """An integer past 2**53 that no double holds is refused by both, with the ledger's error."""
         with pytest.raises(PayloadError):
-            fast_canonical({"n": 2**60})
+            fast_canonical({"n": 2**53 + 1})
+        with pytest.raises(PayloadError):
+            canonical_bytes({"n": 2**53 + 1})
+
+    @pytest.mark.parametrize("number", [2**53, 10**17, 10**18, 2**60, 10**19, -(10**20)])
+    def test_a_recorded_large_float_is_written_as_recorded(self, number: int) -> None:
+        """JCS writes a float from 1e16 on as bare digits, which decode as an integer past 2**53: the
+        report writes it back as the double it was, with the same digits, where canonical_bytes
+        refuses the integer."""
+        recorded = canonical_bytes({"n": float(number)})
+        decoded = orjson.loads(recorded)
+        assert type(decoded["n"]) in (int, float)
+        assert fast_canonical(decoded) == recorded
 
     @given(json_objects, json_objects)
     def test_envelope_bytes(self, report: dict[str, Any], issued: dict[str, Any]) -> None:
