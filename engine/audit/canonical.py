@@ -19,6 +19,7 @@ lone surrogate also go to `canonical_bytes`, which decides. A property test chec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -74,8 +75,10 @@ def _check_numbers(value: Any, partial: dict[int, tuple[str, ...]] | None = None
     return integral
 
 
-def _integral_floats_to_ints(value: Any) -> None:
-    """In place: every integral float becomes the int JCS prints (checked in range by the walk)."""
+def _rewrite(value: Any, new: Callable[[Any], Any]) -> bool:
+    """In place: every scalar `new` gives a replacement for (None: kept as it is) is replaced; whether
+    any was. _NeedsExactError for a tuple, which cannot be rewritten in place."""
+    changed = False
     stack = [value]
     while stack:
         node = stack.pop()
@@ -84,10 +87,22 @@ def _integral_floats_to_ints(value: Any) -> None:
             t = type(x)
             if t is dict or t is list:
                 stack.append(x)
-            elif t is float and x.is_integer():
-                node[key] = int(x)
             elif t is tuple:
-                raise _NeedsExactError  # cannot be rewritten in place
+                raise _NeedsExactError
+            elif (replacement := new(x)) is not None:
+                node[key] = replacement
+                changed = True
+    return changed
+
+
+def _integral_float_as_int(x: Any) -> int | None:
+    """The int JCS prints for an integral float (checked in range by the walk)."""
+    return int(x) if type(x) is float and x.is_integer() else None
+
+
+def _integral_floats_to_ints(value: Any) -> None:
+    """In place: every integral float becomes the int JCS prints (checked in range by the walk)."""
+    _rewrite(value, _integral_float_as_int)
 
 
 def plain(value: Any) -> bool:
@@ -162,29 +177,22 @@ def exact_bytes(value: Any) -> bytes:
 
 def _big_ints_to_floats(value: Any) -> bool:
     """In place: every integer past +-(2**53 - 1) whose digits are those JCS writes for the nearest
-    double becomes that double; whether any did."""
-    changed = False
-    stack = [value]
-    while stack:
-        node = stack.pop()
-        if type(node) is tuple:
-            stack.extend(node)
-            continue
-        items = node.items() if type(node) is dict else enumerate(node)
-        for key, x in list(items):
-            t = type(x)
-            if t is dict or t is list or t is tuple:
-                stack.append(x)
-            elif t is int and not -_MAX_INT <= x <= _MAX_INT:
-                try:
-                    as_float = float(x)
-                    same = canonical_bytes(as_float) == str(x).encode()
-                except (OverflowError, PayloadError):
-                    continue
-                if same:
-                    node[key] = as_float
-                    changed = True
-    return changed
+    double becomes that double; whether any did (none inside a tuple, which cannot be rewritten)."""
+    try:
+        return _rewrite(value, _recorded_double)
+    except _NeedsExactError:
+        return False
+
+
+def _recorded_double(x: Any) -> float | None:
+    """The double an integer past 2**53 was recorded as, when JCS writes that double with its digits."""
+    if type(x) is not int or -_MAX_INT <= x <= _MAX_INT:
+        return None
+    try:
+        as_float = float(x)
+        return as_float if canonical_bytes(as_float) == str(x).encode() else None
+    except (OverflowError, PayloadError):
+        return None
 
 
 def report_bytes(report: dict[str, Any]) -> bytes:

@@ -101,7 +101,7 @@ def _handle(
     task: tuple[ScanPoint, gate.Constitution, str | None],
     receive: Callable[[], Any],
     hurried: Callable[[], bool],
-) -> tuple[VerifyReport, list[dict[str, Any]] | None]:
+) -> tuple[VerifyReport, list[bytes] | None]:
     """In the worker, one audit's work: verify (capturing what re-runs read), prepare the re-runner,
     then re-run the decisions handed over until done or hurried."""
     point, current, source = task
@@ -189,7 +189,9 @@ class Reruns:
                 self.rerunner.scan.verify = verify
             if self.theirs:
                 theirs = (answer or [])[: len(self.theirs)]  # the first ones, as many as it did
-                done.update((s, r) for s, (r, _) in zip(self.theirs, theirs, strict=False))
-                self.plain = {s for s, (_, ok) in zip(self.theirs, theirs, strict=False) if ok}
+                for s, (r, ok) in zip(self.theirs, theirs, strict=False):
+                    done[s] = r
+                    if ok:
+                        self.plain.add(s)
                 done.update((s, rerun(s)) for s in self.theirs[len(theirs) :])
         return done

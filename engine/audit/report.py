@@ -404,11 +404,12 @@ def report_sha256(report: dict[str, Any]) -> str:
 def seal(report: dict[str, Any]) -> Sealed:
     """The report with its own hash beside it: what `--format json` prints."""
     with _gc_paused():
-        return _sealed(report, report_bytes(report))
+        data = report_bytes(report)
+    return _sealed(report, data, hashlib.sha256(data).hexdigest())
 
 
-def _sealed(report: dict[str, Any], data: bytes) -> Sealed:
-    envelope = Sealed(report=report, report_sha256=hashlib.sha256(data).hexdigest())
+def _sealed(report: dict[str, Any], data: bytes, sha256: str) -> Sealed:
+    envelope = Sealed(report=report, report_sha256=sha256)
     envelope.report_canonical = data
     return envelope
 
@@ -430,9 +431,7 @@ def build_sealed(ledger: Ledger, task_id: str | None = None, **options: Any) -> 
         data = fast_canonical(report, prechecked)
         digest = _Digest(data)  # hashlib lets go of the GIL: what is left of the scan is freed meanwhile
         held.clear()
-        envelope = Sealed(report=report, report_sha256=digest.hexdigest())
-        envelope.report_canonical = data
-        return envelope
+        return _sealed(report, data, digest.hexdigest())
 
 
 class _Digest(threading.Thread):

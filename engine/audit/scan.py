@@ -44,13 +44,13 @@ class Ev(NamedTuple):
     def hash(self) -> str:
         return self.hash_bytes.hex()
 
-    def evidence(self, texts: dict[int, str] | None = None) -> dict[str, Any]:
+    def evidence(self, texts: dict[int, str]) -> dict[str, Any]:
         """The entry's coordinates as evidence: seq, type, hash, time, and whether its payload is gone
-        (`texts`: times written already, see `LedgerScan.texts`)."""
+        (`texts`: the scan's times written already, see `LedgerScan.texts`)."""
         return {
             "hash": self.hash_bytes.hex(),
             "pruned": self.data is None,
-            "recorded_at": iso_us(self.at_us) if texts is None else text_of(texts, self.at_us),
+            "recorded_at": text_of(texts, self.at_us),
             "seq": self.seq,
             "type": self.type,
         }
