@@ -87,12 +87,16 @@ def _edit_rule(scopes: list[str] | None) -> dict[str, str]:
     return rule
 
 
-def _pattern_action(rule: dict[str, str], target: str) -> str:
-    action = "deny"
+def pattern_action(rule: dict[str, Any], target: str) -> str:
+    """The action of a {pattern: action} rule for `target`: the last matching pattern wins (as in
+    OpenCode), on the whole path or its file name; none matching: deny. (The audit judges recorded
+    rules with it too, whose values may be anything: text of them.)"""
+    action: Any = "deny"
+    name = target.rsplit("/", 1)[-1]
     for pattern, value in rule.items():
-        if fnmatch.fnmatchcase(target, pattern) or fnmatch.fnmatchcase(target.rsplit("/", 1)[-1], pattern):
+        if fnmatch.fnmatchcase(target, pattern) or fnmatch.fnmatchcase(name, pattern):
             action = value
-    return action
+    return str(action)
 
 
 @dataclass(frozen=True)
@@ -184,7 +188,7 @@ class PermissionPolicy:
         if isinstance(rule, dict) and rule.get("*") == "ask" and self.write_scopes:
             return self._decide_write(permission, rule, patterns or [])
         if isinstance(rule, dict):
-            actions = [_pattern_action(rule, p) for p in (patterns or ["*"])]
+            actions = [pattern_action(rule, p) for p in (patterns or ["*"])]
             if all(a == "allow" for a in actions):
                 return "once", self.reasons.get(permission, "allowed by the delegation")
             return (
@@ -211,8 +215,8 @@ class PermissionPolicy:
         granted = []
         for path in patterns:
             rel = project_relative(path, self.project, self.worktree)
-            if _pattern_action(rule, path) == "deny" or (
-                rel is not None and _pattern_action(rule, rel) == "deny"
+            if pattern_action(rule, path) == "deny" or (
+                rel is not None and pattern_action(rule, rel) == "deny"
             ):
                 return "reject", f"{permission} of {path}: the agents' configuration is not editable"
             scope = None if rel is None else within(self.write_scopes, rel)

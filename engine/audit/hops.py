@@ -4,13 +4,13 @@ what the gate decided, what the agent did and spent, and the entries that prove 
 from __future__ import annotations
 
 import os
-from fnmatch import fnmatchcase
 from functools import lru_cache
 from typing import Any
 
 from engine.audit.canonical import number
 from engine.audit.rerun import Requests
 from engine.audit.scan import TERMINAL_TYPES, Ev, LedgerScan, iso_us
+from engine.permissions import pattern_action
 from engine.write_scope import project_relative, within, write_scopes
 from gate.normalise import norm_text
 from schemas.events import TERMINAL_STATUSES
@@ -57,17 +57,6 @@ def constraints_split(own: list[str], ancestors: list[list[str]]) -> dict[str, l
         "added": [t for t in own if norm_text(t) not in above],
         "missing": [text for key, text in above.items() if key not in mine],
     }
-
-
-def _pattern_action(rule: dict[str, Any], target: str) -> str:
-    """The action of a {pattern: action} rule for `target`: the last matching pattern wins (as in
-    OpenCode and engine.permissions), on the whole path or its file name; none matching: deny."""
-    action = "deny"
-    name = target.rsplit("/", 1)[-1]
-    for pattern, value in rule.items():
-        if fnmatchcase(target, pattern) or fnmatchcase(name, pattern):
-            action = value
-    return str(action)
 
 
 def _coverage(
@@ -133,7 +122,7 @@ def _judged(
 
 def _judge(perm: str, target: str, rule: dict[str, Any], project: Any, scopes: Any) -> tuple[str, bool]:
     """(how, covered) for a tool's `target` under a {pattern: action} `rule`."""
-    action = _pattern_action(rule, target)
+    action = pattern_action(rule, target)
     if action == "ask":  # judged by the policy on the write scopes' paths (engine.write_scope)
         return _asked(perm, target, project, scopes)
     return f"permission {perm}: {action} for {target} by its patterns at spawn", action == "allow"
@@ -266,7 +255,7 @@ def hop_node(
         if t == "output.received":
             outputs += 1
         elif t == "budget.exceeded":
-            exceeded.append(_sorted({**(e.data or {}), **e.evidence(scan.texts)}))
+            exceeded.append(_sorted({**(e.data or {}), **e.evidence(texts)}))
         elif terminal is None and t in TERMINAL_TYPES:
             terminal = e
     revoked_by = scan.revocations.get(stream)
